@@ -1,0 +1,1 @@
+"""backends: importing this package registers the built-in ones."""

@@ -1,0 +1,235 @@
+"""The dialogue state machine, batched. Single, vector and PettingZoo environments are views of it.
+
+One :meth:`DialogueCore.step` call advances N dialogues with ONE call to the user simulator and ONE
+call to the judge. Every step is transactional: if validation, the user or the judge fails, every
+state is rolled back and the error says what to do.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import backends, judges, tasks, users  # noqa: F401  (register the built-in components)
+from .registry import JUDGES, TASKS, USERS
+from .types import DialogueState, JudgeScore
+
+
+class EnvError(RuntimeError):
+    """Base class of the environment's errors."""
+
+
+class UserSimulatorError(EnvError):
+    pass
+
+
+class JudgeError(EnvError):
+    pass
+
+
+@dataclass
+class StepResult:
+    reward: float
+    terminated: bool
+    truncated: bool
+    info: dict = field(default_factory=dict)
+
+
+def build_component(registry, spec, task, kind: str, **kwargs):
+    """A component from a name (``"scripted"``/``"rule"`` ask the task for its own) or an object."""
+    if isinstance(spec, str):
+        if kind == "user" and spec == "scripted":
+            return task.make_scripted_user(**kwargs)
+        if kind == "judge" and spec == "rule":
+            return task.make_rule_judge(**kwargs)
+        return registry.get(spec)(task=task, **kwargs)
+    if not hasattr(spec, "reply" if kind == "user" else "score"):
+        raise TypeError(f"{kind}={spec!r} is neither a registered name nor an object with a "
+                        f"{'reply(states)' if kind == 'user' else 'score(states)'} method")
+    return spec
+
+
+class DialogueCore:
+    """Shared dialogue logic.
+
+    Args:
+        task: task name (see ``refuel_env.registry.TASKS.names()``) or a task object.
+        task_kwargs: keyword arguments of the task family (e.g. ``n_items``, ``noise``).
+        user: user simulator name or object (``"scripted"`` is the task's own).
+        judge: judge name or object (``"rule"`` is the task's own).
+        max_turns: H_max; overrides the task's.
+        horizon: ``"uniform"`` (H uniform in 1..H_max, as in the paper), ``"fixed"`` (H = H_max), or an int.
+        reward_mode: ``"terminal"`` (the judge's score at the horizon, on the last step) or ``"per_turn"``
+            (the change in the judge's score at each turn; the rewards sum to the final score).
+        max_message_chars: longest assistant message ``step`` accepts (longer is an error); user
+            replies longer than this are clipped and flagged in ``info``.
+        max_total_chars: conversation length at which the episode is truncated.
+    """
+
+    def __init__(self, task: Any = "guess-item-v0", task_kwargs: dict | None = None, user: Any = "scripted",
+                 judge: Any = "rule", max_turns: int | None = None, horizon: Any = "uniform",
+                 reward_mode: str = "terminal", max_message_chars: int = 1024, max_total_chars: int = 16384,
+                 user_kwargs: dict | None = None, judge_kwargs: dict | None = None):
+        task_kwargs = dict(task_kwargs or {})
+        if max_turns is not None and isinstance(task, str):
+            task_kwargs["max_turns"] = max_turns
+        self.task = TASKS.make(task, **task_kwargs)
+        if max_turns is not None and not isinstance(task, str) and self.task.max_turns != max_turns:
+            raise ValueError(f"max_turns={max_turns} disagrees with the task object's max_turns={self.task.max_turns}")
+        self.max_turns = int(self.task.max_turns)
+        if reward_mode not in ("terminal", "per_turn"):
+            raise ValueError(f"reward_mode must be 'terminal' or 'per_turn', got {reward_mode!r}")
+        if not (horizon in ("uniform", "fixed") or (isinstance(horizon, int) and 1 <= horizon <= self.max_turns)):
+            raise ValueError(f"horizon must be 'uniform', 'fixed' or an int in 1..{self.max_turns}, got {horizon!r}")
+        if max_message_chars < 1 or max_total_chars < max_message_chars:
+            raise ValueError("need 1 <= max_message_chars <= max_total_chars")
+        self.horizon, self.reward_mode = horizon, reward_mode
+        self.max_message_chars, self.max_total_chars = int(max_message_chars), int(max_total_chars)
+        self.user = build_component(USERS, user, self.task, "user", **(user_kwargs or {}))
+        self.judge = build_component(JUDGES, judge, self.task, "judge", **(judge_kwargs or {}))
+        self.stats = {"user_calls": 0, "judge_calls": 0, "user_seconds": 0.0, "judge_seconds": 0.0, "steps": 0}
+
+    # ------------------------------------------------------------------ episodes
+    def sample_horizon(self, rng: np.random.Generator) -> int:
+        if self.horizon == "uniform":
+            return int(rng.integers(1, self.max_turns + 1))
+        return self.max_turns if self.horizon == "fixed" else int(self.horizon)
+
+    def new_state(self, episode_seed: int, options: dict | None = None) -> DialogueState:
+        """A fresh dialogue, or one given by ``options``: ``state`` (restore), ``prefix`` (start from
+        messages), ``horizon`` (force H), ``goal`` (force the hidden goal), ``split`` ("train"/"eval")."""
+        options = options or {}
+        if "state" in options:
+            s = options["state"]
+            s = DialogueState.from_dict(s) if isinstance(s, dict) else s
+            if not isinstance(s, DialogueState):
+                raise TypeError("options['state'] must be a DialogueState or its to_dict() form")
+            if s.task_id != self.task.task_id:
+                raise ValueError(f"state is from task {s.task_id!r}, this env runs {self.task.task_id!r}")
+            return s.copy()
+        split = options.get("split", "train")
+        if split not in ("train", "eval"):
+            raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+        rng = np.random.default_rng([episode_seed, 0, 0 if split == "train" else 1])
+        horizon = int(options.get("horizon") or self.sample_horizon(rng))
+        if not 1 <= horizon <= self.max_turns:
+            raise ValueError(f"horizon {horizon} outside 1..{self.max_turns}")
+        messages, goal, memory = self.task.new_episode(rng, horizon, split=split)
+        if "goal" in options:
+            goal = options["goal"]
+        s = DialogueState(self.task.task_id, messages, goal, horizon,
+                          user_rng=np.random.default_rng([episode_seed, 1]),
+                          judge_rng=np.random.default_rng([episode_seed, 2]), memory=memory)
+        if "prefix" in options:
+            prefix = [dict(m) for m in options["prefix"]]
+            if not prefix or prefix[-1]["role"] != "user" or any(m.get("role") not in ("system", "user", "assistant") for m in prefix):
+                raise ValueError("options['prefix'] must be a list of chat messages that ends with a user message")
+            s.messages = prefix
+            s.turn = sum(m["role"] == "assistant" for m in prefix)
+            if "horizon" not in options:
+                s.horizon = max(s.horizon, s.turn + 1)
+            if not s.turn < s.horizon <= self.max_turns:
+                raise ValueError(f"the prefix has {s.turn} assistant turns, so the horizon must be in "
+                                 f"{s.turn + 1}..{self.max_turns}; got {s.horizon}")
+            s.memory = self.task.memory_from_prefix(prefix, s.goal)
+        return s
+
+    def observation(self, s: DialogueState) -> dict:
+        return {"messages": tuple({"role": m["role"], "content": m["content"]} for m in s.messages), "turn": s.turn}
+
+    # ------------------------------------------------------------------ stepping
+    def validate(self, states: Sequence[DialogueState], actions: Sequence[Any]) -> None:
+        if len(states) != len(actions):
+            raise ValueError(f"got {len(actions)} actions for {len(states)} dialogues")
+        for i, (s, a) in enumerate(zip(states, actions)):
+            where = f" (dialogue {i})" if len(states) > 1 else ""
+            if s.done:
+                raise EnvError(f"step() called after the episode ended{where}; call reset() first")
+            if not isinstance(a, str):
+                raise TypeError(f"the action must be the assistant's message as a str, got {type(a).__name__}{where}; "
+                                "decode token ids with your tokenizer first")
+            if len(a) > self.max_message_chars:
+                raise ValueError(f"assistant message of {len(a)} characters is longer than max_message_chars="
+                                 f"{self.max_message_chars}{where}; truncate it or make the env with a larger max_message_chars")
+
+    def step(self, states: Sequence[DialogueState], actions: Sequence[str]) -> list[StepResult]:
+        self.validate(states, actions)
+        saved = [(len(s.messages), s.turn, copy.deepcopy(s.memory), s.user_rng.bit_generator.state,
+                  s.judge_rng.bit_generator.state, len(s.scores), s.done, s.ended_by_user) for s in states]
+        try:
+            return self._step(states, actions)
+        except BaseException:
+            for s, (n, turn, mem, urng, jrng, ns, done, ended) in zip(states, saved):
+                del s.messages[n:]
+                del s.scores[ns:]
+                s.turn, s.memory, s.done, s.ended_by_user = turn, mem, done, ended
+                s.user_rng.bit_generator.state, s.judge_rng.bit_generator.state = urng, jrng
+            raise
+
+    def _step(self, states: Sequence[DialogueState], actions: Sequence[str]) -> list[StepResult]:
+        for s, a in zip(states, actions):
+            s.messages.append({"role": "assistant", "content": a})
+            s.turn += 1
+        # ONE batched user call for every dialogue that goes on
+        cont = [i for i, s in enumerate(states) if s.turn < s.horizon]
+        replies = {}
+        if cont:
+            t0 = time.perf_counter()
+            try:
+                out = self.user.reply([states[i] for i in cont])
+            except Exception as e:
+                raise UserSimulatorError(f"user simulator {type(self.user).__name__} failed: {e!r}. The env state is "
+                                         "unchanged; retry step() with the same action, or fix the simulator") from e
+            self.stats["user_seconds"] += time.perf_counter() - t0
+            self.stats["user_calls"] += 1
+            if not isinstance(out, list) or len(out) != len(cont):
+                raise UserSimulatorError(f"user simulator returned {len(out) if hasattr(out, '__len__') else out!r} "
+                                         f"replies for {len(cont)} dialogues; reply() must return one UserTurn each")
+            replies = dict(zip(cont, out))
+        # ONE batched judge call, on the dialogues as they stand after the assistant turn
+        t0 = time.perf_counter()
+        try:
+            scores = self.judge.score(list(states))
+        except Exception as e:
+            raise JudgeError(f"judge {type(self.judge).__name__} failed: {e!r}. The env state is unchanged; "
+                             "retry step() or fix the judge") from e
+        self.stats["judge_seconds"] += time.perf_counter() - t0
+        self.stats["judge_calls"] += 1
+        if not isinstance(scores, list) or len(scores) != len(states):
+            raise JudgeError(f"judge returned {len(scores) if hasattr(scores, '__len__') else scores!r} scores for "
+                             f"{len(states)} dialogues; score() must return one JudgeScore each")
+        results = []
+        for i, (s, js) in enumerate(zip(states, scores)):
+            if not isinstance(js, JudgeScore) or not math.isfinite(js.value):
+                raise JudgeError(f"judge {type(self.judge).__name__} returned {getattr(js, 'value', js)!r} for dialogue {i}; "
+                                 "a judge must return a finite JudgeScore (the step was rolled back)")
+            prev = s.scores[-1] if s.scores else 0.0
+            s.scores.append(float(js.value))
+            info = {"turn": s.turn, "horizon": s.horizon, "score": float(js.value), "scores": list(s.scores),
+                    "judge": {"components": dict(js.components), "provenance": dict(js.provenance)},
+                    "cost": {**js.cost}}
+            reply = replies.get(i)
+            if reply is not None:
+                text = reply.content if isinstance(reply.content, str) else str(reply.content)
+                if len(text) > self.max_message_chars:
+                    text, info["user_clipped"] = text[: self.max_message_chars], True
+                s.messages.append({"role": "user", "content": text})
+                for k, v in reply.cost.items():
+                    info["cost"][k] = info["cost"].get(k, 0) + v
+                s.ended_by_user = bool(reply.end)
+            terminated = s.turn >= s.horizon or s.ended_by_user
+            truncated = not terminated and sum(len(m["content"]) for m in s.messages) > self.max_total_chars
+            s.done = terminated or truncated
+            info["ended_by_user"] = s.ended_by_user
+            if self.reward_mode == "per_turn":
+                reward = float(js.value) - prev
+            else:
+                reward = float(js.value) if s.done else 0.0
+            results.append(StepResult(reward, terminated, truncated, info))
+        self.stats["steps"] += 1
+        return results

@@ -1,0 +1,70 @@
+"""``RefuelDialogueEnv``: one dialogue as a Gymnasium environment. The agent is the assistant.
+
+Observation: ``{"messages": (message, ...), "turn": int}`` (see :mod:`refuel_env.spaces`).
+Action: the assistant's message, a ``str``.
+Reward: the judge's score at the horizon (``reward_mode="terminal"``) or its change each turn.
+``terminated`` when the horizon is reached or the user ends the dialogue; ``truncated`` when the
+conversation outgrows ``max_total_chars``. ``info`` holds the judge's score, its components and
+provenance, the per-turn scores, and the (deterministic) cost of the user and judge calls; wall
+times are in ``env.unwrapped.stats``.
+
+Branching: ``state = env.get_state()`` and ``env.reset(options={"state": state})``; starting from a
+given dialogue: ``env.reset(options={"prefix": messages})``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from .core import DialogueCore
+from .spaces import MessageText, observation_space
+from .types import DialogueState
+
+
+class RefuelDialogueEnv(gym.Env):
+    metadata = {"render_modes": ["ansi"], "render_fps": 1}
+
+    def __init__(self, render_mode: str | None = None, **kwargs: Any):
+        """Keyword arguments are those of :class:`refuel_env.core.DialogueCore` (task, user, judge,
+        max_turns, horizon, reward_mode, max_message_chars, ...)."""
+        if render_mode not in (None, "ansi"):
+            raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
+        self.render_mode = render_mode
+        self.core = DialogueCore(**kwargs)
+        self.observation_space = observation_space(self.core.max_total_chars, self.core.max_turns)
+        self.action_space = MessageText(self.core.max_message_chars)
+        self.state: DialogueState | None = None
+
+    @property
+    def task(self):
+        return self.core.task
+
+    @property
+    def stats(self) -> dict:
+        return self.core.stats
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        episode_seed = int(self.np_random.integers(2**62))
+        self.state = self.core.new_state(episode_seed, options)
+        return self.core.observation(self.state), {"turn": self.state.turn, "horizon": self.state.horizon}
+
+    def step(self, action: str):
+        if self.state is None:
+            raise RuntimeError("call reset() before step()")
+        (r,) = self.core.step([self.state], [action])
+        return self.core.observation(self.state), r.reward, r.terminated, r.truncated, r.info
+
+    def get_state(self) -> DialogueState:
+        """A deep copy of the whole dialogue state; restore it with ``reset(options={"state": state})``."""
+        if self.state is None:
+            raise RuntimeError("call reset() before get_state()")
+        return self.state.copy()
+
+    def render(self) -> str | None:
+        if self.render_mode != "ansi" or self.state is None:
+            return None
+        return "\n".join(f"[{m['role']}] {m['content']}" for m in self.state.messages)

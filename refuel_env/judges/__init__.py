@@ -1,0 +1,1 @@
+"""judges: importing this package registers the built-in ones."""

@@ -1,0 +1,61 @@
+"""The component protocols. Every method is batched: one call serves N dialogues.
+
+Implementations are chosen by name through the registries in :mod:`refuel_env.registry`,
+or passed as objects to the environment.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from .types import Conversation, DialogueState, JudgeScore, SamplingParams, UserTurn
+
+
+@runtime_checkable
+class Task(Protocol):
+    """A family of episodes: opening messages, hidden goals, and the task's own defaults.
+
+    ``task_id`` is versioned (``"guess-item-v0"``); ``max_turns`` is H_max.
+    """
+
+    task_id: str
+    max_turns: int
+    default_user: str
+    default_judge: str
+
+    def new_episode(self, rng: np.random.Generator, horizon: int, split: str = "train") -> tuple[Conversation, Any, dict]:
+        """Return (opening messages, hidden goal, initial memory) for a dialogue of ``horizon`` turns."""
+
+    def memory_from_prefix(self, messages: Conversation, goal: Any) -> dict:
+        """Rebuild the task memory for a dialogue that starts from a given prefix."""
+
+
+@runtime_checkable
+class UserSimulator(Protocol):
+    def reply(self, states: Sequence[DialogueState]) -> list[UserTurn]:
+        """The user's next message for each dialogue (each ends with an assistant message).
+
+        May advance each state's ``user_rng`` and update its ``memory``; must not touch ``messages``.
+        """
+
+
+@runtime_checkable
+class Judge(Protocol):
+    def score(self, states: Sequence[DialogueState]) -> list[JudgeScore]:
+        """Score each dialogue as it stands after its latest assistant turn."""
+
+    def compare(self, states_a: Sequence[DialogueState], states_b: Sequence[DialogueState]) -> list[float]:
+        """Probability that dialogue a is better than dialogue b (0.5 = tie), position-swapped where it matters."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A text-generation back end: ``transformers``, vLLM, or an OpenAI-compatible server."""
+
+    model_id: str
+
+    def generate(self, conversations: Sequence[Conversation], params: SamplingParams,
+                 seeds: Sequence[int] | None = None) -> list[str]:
+        """One assistant completion per conversation; same seeds and inputs give the same outputs."""

@@ -1,0 +1,244 @@
+"""Guess the hidden item: the built-in offline task in which multi-turn planning matters.
+
+The user hides an animal from a catalogue; the assistant has H turns. On turns 1..H-1 it may ask
+yes/no questions about one attribute (the user answers, wrong with probability ``noise``) or guess
+an item (a correct guess ends the dialogue with score 1). On turn H the user asks for a final guess,
+and the judge gives 1 for a correct one, 0 otherwise.
+
+The judge's score after an earlier turn h < H is the probability that the best guess *now* would be
+right (the largest posterior probability of an item given the answers so far), so that per-turn
+scores and win rates mean something at every turn. An informative questioner that halves the
+candidate set each turn identifies 1 of 2**(H-1) items with certainty; a myopic one does not.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..registry import TASKS
+from ..types import Conversation, DialogueState, JudgeScore, UserTurn
+
+# attribute name -> (question phrasings, keywords that identify it in a question)
+ATTRIBUTES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "mammal": (("Is it a mammal?", "Is the animal a mammal?", "Would you call it a mammal?"), ("mammal",)),
+    "big": (("Is it bigger than a person?", "Is it a big animal?", "Is it larger than a human?"),
+            ("bigger", "big", "large", "larger")),
+    "water": (("Does it live in water?", "Is it a water animal?", "Does it spend its life in the water?"),
+              ("water", "swim", "aquatic")),
+    "flies": (("Can it fly?", "Does it fly?", "Is it able to fly?"), ("fly", "flies", "flying")),
+    "pet": (("Is it kept as a pet?", "Do people keep it as a pet?", "Is it a pet?"), ("pet",)),
+    "hunts": (("Does it hunt other animals?", "Is it a hunter?", "Does it eat other animals?"),
+              ("hunt", "hunter", "predator", "eat other")),
+    "legs": (("Does it have four legs?", "Does it walk on four legs?", "Has it got four legs?"),
+             ("four legs", "4 legs", "legs")),
+    "climbs": (("Can it climb trees?", "Does it climb trees?", "Is it a climber?"), ("climb",)),
+}
+ATTRIBUTE_NAMES = tuple(ATTRIBUTES)
+
+# name: mammal big water flies pet hunts legs climbs. The first 8 are separated by the first
+# three attributes alone (a perfect binary code), so that 3 questions always suffice for 8 items.
+CATALOGUE: dict[str, tuple[int, ...]] = {
+    "whale": (1, 1, 1, 0, 0, 1, 0, 0),
+    "horse": (1, 1, 0, 0, 0, 0, 1, 0),
+    "otter": (1, 0, 1, 0, 0, 1, 1, 0),
+    "cat": (1, 0, 0, 0, 1, 1, 1, 1),
+    "shark": (0, 1, 1, 0, 0, 1, 0, 0),
+    "ostrich": (0, 1, 0, 0, 0, 0, 0, 0),
+    "frog": (0, 0, 1, 0, 0, 1, 1, 0),
+    "parrot": (0, 0, 0, 1, 1, 0, 0, 1),
+    "dog": (1, 0, 0, 0, 1, 1, 1, 0),
+    "bear": (1, 1, 0, 0, 0, 1, 1, 1),
+    "monkey": (1, 0, 0, 0, 0, 0, 0, 1),
+    "bat": (1, 0, 0, 1, 0, 1, 0, 0),
+    "eagle": (0, 0, 0, 1, 0, 1, 0, 0),
+    "penguin": (0, 0, 1, 0, 0, 1, 0, 0),
+    "goldfish": (0, 0, 1, 0, 1, 0, 0, 0),
+    "crocodile": (0, 1, 1, 0, 0, 1, 1, 0),
+}
+
+YES = ("Yes.", "Yes, it is.", "Yes, that's right.", "Correct, yes.")
+NO = ("No.", "No, it isn't.", "Nope.", "No, not at all.")
+UNCLEAR = "I don't understand. Please ask a yes/no question about one attribute, or guess an animal."
+TOO_MANY = "Please ask about one attribute at a time."
+FINAL = "Now please make your final guess."
+WRONG = "No, it is not a {item}."
+RIGHT = "Yes! It is a {item}. You got it."
+
+
+@dataclass(frozen=True)
+class Parsed:
+    kind: str  # "guess" | "question" | "unclear" | "too_many"
+    key: str | None = None
+
+
+class GuessItemTask:
+    """Task family ``guess-item-v0``.
+
+    Args:
+        n_items: catalogue size (2..16); the first ``n_items`` animals of :data:`CATALOGUE`.
+        max_turns: H_max, the longest horizon.
+        noise: probability that the user answers an attribute question wrongly.
+        phrasing: ``"varied"`` (answers drawn from several phrasings) or ``"fixed"``.
+        eval_fraction: share of (item, horizon) episodes held out for evaluation: ``new_episode(split="eval")``
+            draws items from the held-out part of the seed space, so train and eval dialogues differ.
+    """
+
+    task_id = "guess-item-v0"
+    default_user = "scripted"
+    default_judge = "rule"
+
+    def __init__(self, n_items: int = 8, max_turns: int = 4, noise: float = 0.0, phrasing: str = "varied"):
+        if not 2 <= n_items <= len(CATALOGUE):
+            raise ValueError(f"n_items must be in 2..{len(CATALOGUE)}, got {n_items}")
+        if max_turns < 1:
+            raise ValueError(f"max_turns must be >= 1, got {max_turns}")
+        if not 0.0 <= noise < 0.5:
+            raise ValueError(f"noise must be in [0, 0.5), got {noise}")
+        if phrasing not in ("varied", "fixed"):
+            raise ValueError(f"phrasing must be 'varied' or 'fixed', got {phrasing!r}")
+        self.n_items, self.max_turns, self.noise, self.phrasing = n_items, max_turns, noise, phrasing
+        self.items: tuple[str, ...] = tuple(list(CATALOGUE)[:n_items])
+        self.table = np.array([CATALOGUE[i] for i in self.items], dtype=bool)  # [items, attributes]
+        self._item_re = re.compile(r"\b(" + "|".join(sorted(CATALOGUE, key=len, reverse=True)) + r")s?\b")
+        self._attr_res = [(a, re.compile(r"\b(" + "|".join(map(re.escape, kw)) + r")")) for a, (_, kw) in ATTRIBUTES.items()]
+
+    # ----------------------------------------------------------------- episodes
+    def opening(self, horizon: int) -> str:
+        turns = "1 turn: make your guess now" if horizon == 1 else (
+            f"{horizon} turns: ask yes/no questions about one attribute at a time, and guess on turn {horizon}")
+        return f"I am thinking of one of these animals: {', '.join(self.items)}. You have {turns}."
+
+    def new_episode(self, rng: np.random.Generator, horizon: int, split: str = "train") -> tuple[Conversation, Any, dict]:
+        goal = self.items[int(rng.integers(self.n_items))]
+        return [{"role": "user", "content": self.opening(horizon)}], goal, {"facts": [], "solved": False}
+
+    def memory_from_prefix(self, messages: Conversation, goal: Any = None) -> dict:
+        """Rebuild the facts of a dialogue from its text alone (as the assistant sees them)."""
+        facts = self.facts_from_messages(messages)
+        return {"facts": facts, "solved": any(k == "guess" and v for k, _, v in facts)}
+
+    def facts_from_messages(self, messages: Conversation) -> list:
+        """Each assistant question or guess with the user's yes/no answer that followed it."""
+        facts = []
+        for a, u in zip(messages, messages[1:]):
+            if a["role"] != "assistant" or u["role"] != "user":
+                continue
+            p = self.parse(a["content"])
+            if p.kind in ("question", "guess"):
+                facts.append(["attr" if p.kind == "question" else "guess", p.key,
+                              u["content"].lower().startswith(("yes", "correct"))])
+        return facts
+
+    # ----------------------------------------------------------------- language
+    def parse(self, text: str) -> Parsed:
+        t = text.lower()
+        m = self._item_re.search(t)
+        if m:
+            return Parsed("guess", m.group(1))
+        hits = [a for a, r in self._attr_res if r.search(t)]
+        if len(hits) == 1:
+            return Parsed("question", hits[0])
+        return Parsed("too_many" if hits else "unclear")
+
+    def answer(self, goal: str, attribute: str) -> bool:
+        return bool(CATALOGUE[goal][ATTRIBUTE_NAMES.index(attribute)])
+
+    def posterior(self, facts: Sequence) -> np.ndarray:
+        """P(item | answers so far), exact under the noise model."""
+        logp = np.zeros(self.n_items)
+        col = {a: i for i, a in enumerate(ATTRIBUTE_NAMES)}
+        for kind, key, value in facts:
+            if kind == "attr":
+                agree = self.table[:, col[key]] == bool(value)
+                with np.errstate(divide="ignore"):
+                    logp += np.where(agree, math.log1p(-self.noise), math.log(self.noise) if self.noise > 0 else -np.inf)
+            elif kind == "guess" and not value and key in self.items:
+                logp[self.items.index(key)] = -np.inf
+        if np.all(np.isneginf(logp)):  # contradictory answers (possible only with noise == 0 and a bad prefix)
+            return np.full(self.n_items, 1.0 / self.n_items)
+        p = np.exp(logp - logp.max())
+        return p / p.sum()
+
+    # ----------------------------------------------------------------- components
+    def make_scripted_user(self, **kwargs) -> "GuessItemUser":
+        return GuessItemUser(self, **kwargs)
+
+    def make_rule_judge(self, **kwargs) -> "GuessItemJudge":
+        return GuessItemJudge(self, **kwargs)
+
+
+class GuessItemUser:
+    """Scripted user of the guess-item task. Batched: one call answers every dialogue."""
+
+    def __init__(self, task: GuessItemTask):
+        self.task = task
+
+    def _pick(self, rng: np.random.Generator, options: tuple[str, ...]) -> str:
+        return options[0] if self.task.phrasing == "fixed" else options[int(rng.integers(len(options)))]
+
+    def reply(self, states: Sequence[DialogueState]) -> list[UserTurn]:
+        out = []
+        for s in states:
+            p = self.task.parse(s.last_assistant)
+            end = False
+            if p.kind == "guess":
+                correct = p.key == s.goal
+                s.memory["facts"].append(["guess", p.key, correct])
+                if correct:
+                    s.memory["solved"] = True
+                    text, end = RIGHT.format(item=p.key), True
+                else:
+                    text = WRONG.format(item=p.key)
+            elif p.kind == "question":
+                truth = self.task.answer(s.goal, p.key)
+                flip = self.task.noise > 0 and s.user_rng.random() < self.task.noise
+                said = truth != flip
+                s.memory["facts"].append(["attr", p.key, said])
+                text = self._pick(s.user_rng, YES if said else NO)
+            else:
+                text = TOO_MANY if p.kind == "too_many" else UNCLEAR
+            if not end and s.turn == s.horizon - 1:
+                text = f"{text} {FINAL}"
+            out.append(UserTurn(text, end=end, cost={"user_calls": 1}))
+        return out
+
+
+class GuessItemJudge:
+    """Rule judge: 1 for a correct guess; before the horizon, the best guess's posterior probability."""
+
+    name = "guess-item-rule"
+
+    def __init__(self, task: GuessItemTask):
+        self.task = task
+
+    def _one(self, s: DialogueState) -> JudgeScore:
+        p = self.task.parse(s.last_assistant)
+        guessed = p.kind == "guess" and p.key == s.goal
+        if guessed or s.memory.get("solved"):
+            value, how = 1.0, "correct guess"
+        elif s.turn >= s.horizon:
+            value, how = 0.0, "final turn without a correct guess"
+        else:
+            value, how = float(self.task.posterior(s.memory["facts"]).max()), "best-guess posterior"
+        return JudgeScore(value, components={"correct_guess": float(guessed or bool(s.memory.get("solved")))},
+                          provenance={"judge": self.name, "rule": how}, cost={"judge_calls": 1})
+
+    def score(self, states: Sequence[DialogueState]) -> list[JudgeScore]:
+        return [self._one(s) for s in states]
+
+    def compare(self, states_a: Sequence[DialogueState], states_b: Sequence[DialogueState]) -> list[float]:
+        out = []
+        for sa, sb in zip(states_a, states_b, strict=True):
+            a, b = self._one(sa).value, self._one(sb).value
+            out.append(0.5 if a == b else float(a > b))
+        return out
+
+
+@TASKS.register("guess-item-v0")
+def _make_guess_item(**kwargs) -> GuessItemTask:
+    return GuessItemTask(**kwargs)

@@ -1,0 +1,90 @@
+"""Scripted assistants for the guess-item task: reference points, demonstrations, and tests.
+
+They see only what a policy sees (the conversation text) and are batched like a policy
+(``act(observations) -> list[str]``). Strategies:
+
+- ``informative``: asks the attribute whose answer is most uncertain (largest expected information
+  gain) and guesses the most probable item on the last turn: the planned behaviour.
+- ``myopic``: guesses a not-yet-guessed item on every turn.
+- ``uninformative``: asks random attribute questions (often repeated or useless), then guesses the
+  most probable item.
+- ``demonstrator``: informative with probability ``1 - epsilon``, a random unasked attribute otherwise;
+  competent but not optimal. Its dialogues are the supervised data of the reference policy pi_0.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .guess_item import ATTRIBUTE_NAMES, ATTRIBUTES, GuessItemTask
+
+STRATEGIES = ("informative", "myopic", "uninformative", "demonstrator")
+
+
+def _messages(obs) -> list[dict]:
+    return list(obs["messages"]) if isinstance(obs, dict) else list(obs)
+
+
+def _horizon(task: GuessItemTask, messages) -> int:
+    import re
+
+    m = re.search(r"You have (\d+) turn", messages[0]["content"]) if messages else None
+    return int(m.group(1)) if m else task.max_turns
+
+
+class ScriptedQuestioner:
+    def __init__(self, task: GuessItemTask, strategy: str = "informative", epsilon: float = 0.5,
+                 seed: int | None = None, phrasing: str = "varied"):
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
+        self.task, self.strategy, self.epsilon, self.phrasing = task, strategy, epsilon, phrasing
+        self.rng = np.random.default_rng(seed)
+
+    def _question(self, attr: str) -> str:
+        options = ATTRIBUTES[attr][0]
+        return options[0] if self.phrasing == "fixed" else options[int(self.rng.integers(len(options)))]
+
+    def _guess(self, item: str) -> str:
+        options = (f"Is it a {item}?", f"My guess is {item}.", f"I think it is a {item}.")
+        return options[0] if self.phrasing == "fixed" else options[int(self.rng.integers(len(options)))]
+
+    def _best_guess(self, post: np.ndarray) -> str:
+        best = np.flatnonzero(post >= post.max() - 1e-12)
+        return self.task.items[int(self.rng.choice(best))]
+
+    def _most_informative(self, post: np.ndarray, asked: set) -> str | None:
+        gains = {}
+        for j, a in enumerate(ATTRIBUTE_NAMES):
+            if a in asked:
+                continue
+            q = float(post[self.task.table[:, j]].sum())  # P(answer yes)
+            gains[a] = min(q, 1 - q)  # monotone in the answer's entropy
+        if not gains or max(gains.values()) <= 1e-9:
+            return None
+        top = max(gains.values())
+        return str(self.rng.choice([a for a, g in gains.items() if g >= top - 1e-9]))
+
+    def act_one(self, messages) -> str:
+        facts = self.task.facts_from_messages(messages)
+        turn = sum(m["role"] == "assistant" for m in messages) + 1
+        horizon = _horizon(self.task, messages)
+        post = self.task.posterior(facts)
+        guessed = {k for kind, k, _ in facts if kind == "guess"}
+        asked = {k for kind, k, _ in facts if kind == "attr"}
+        if self.strategy == "myopic":
+            left = [i for i in self.task.items if i not in guessed]
+            return self._guess(str(self.rng.choice(left or list(self.task.items))))
+        if turn >= horizon or post.max() > 0.999:
+            return self._guess(self._best_guess(post))
+        if self.strategy == "uninformative":
+            return self._question(str(self.rng.choice(ATTRIBUTE_NAMES)))
+        if self.strategy == "demonstrator" and self.rng.random() < self.epsilon:
+            unasked = [a for a in ATTRIBUTE_NAMES if a not in asked] or list(ATTRIBUTE_NAMES)
+            return self._question(str(self.rng.choice(unasked)))
+        attr = self._most_informative(post, asked)
+        return self._guess(self._best_guess(post)) if attr is None else self._question(attr)
+
+    def act(self, observations: Sequence) -> list[str]:
+        return [self.act_one(_messages(o)) for o in observations]

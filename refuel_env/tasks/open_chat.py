@@ -1,0 +1,1 @@
+"""Open chat task: placeholder, see issue 5."""

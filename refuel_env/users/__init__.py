@@ -1,0 +1,1 @@
+"""users: importing this package registers the built-in ones."""

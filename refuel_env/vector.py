@@ -1,0 +1,116 @@
+"""``RefuelVectorEnv``: N dialogues stepped together, the ``vector_entry_point`` of ``RefuelDialogue-v0``.
+
+``gym.make_vec("RefuelDialogue-v0", num_envs=64)`` builds it. Each ``step`` makes ONE batched call
+to the user simulator and ONE to the judge for all sub-environments that are still running.
+
+Autoreset follows Gymnasium's default, ``AutoresetMode.NEXT_STEP``: when sub-env i ends at step t,
+step t returns its final observation, reward and info; at step t+1 its action is ignored and it is
+reset (observation of the new episode, reward 0, ``terminated = truncated = False``).
+
+Options of ``reset``: those of the single env, applied to every sub-env, plus ``states`` (a list of
+N :class:`DialogueState`, restored one per sub-env: branching in a batch), ``horizons`` (a list of N
+ints) and ``split``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from .core import DialogueCore
+from .spaces import MessageText, observation_space
+from .types import DialogueState
+
+
+class RefuelVectorEnv(VectorEnv):
+    metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
+
+    def __init__(self, num_envs: int = 1, **kwargs: Any):
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        kwargs.pop("render_mode", None)
+        self.num_envs = int(num_envs)
+        self.core = DialogueCore(**kwargs)
+        self.single_observation_space = observation_space(self.core.max_total_chars, self.core.max_turns)
+        self.single_action_space = MessageText(self.core.max_message_chars)
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self.states: list[DialogueState | None] = [None] * self.num_envs
+        self._needs_reset = np.zeros(self.num_envs, dtype=bool)
+        self._rng = np.random.default_rng()
+        self._options: dict = {}
+
+    @property
+    def task(self):
+        return self.core.task
+
+    @property
+    def stats(self) -> dict:
+        return self.core.stats
+
+    def _obs(self) -> dict:
+        return {"messages": tuple(self.core.observation(s)["messages"] for s in self.states),
+                "turn": np.array([s.turn for s in self.states], dtype=np.int64)}
+
+    def _new(self, i: int, options: dict) -> DialogueState:
+        opts = {k: v for k, v in options.items() if k not in ("states", "horizons")}
+        if "states" in options:
+            opts["state"] = options["states"][i]
+        if "horizons" in options:
+            opts["horizon"] = int(options["horizons"][i])
+        return self.core.new_state(int(self._rng.integers(2**62)), opts)
+
+    def reset(self, *, seed: int | Sequence[int] | None = None, options: dict | None = None):
+        options = dict(options or {})
+        for key in ("states", "horizons"):
+            if key in options and len(options[key]) != self.num_envs:
+                raise ValueError(f"options[{key!r}] has {len(options[key])} entries for {self.num_envs} envs")
+        if isinstance(seed, (list, tuple, np.ndarray)):
+            if len(seed) != self.num_envs:
+                raise ValueError(f"got {len(seed)} seeds for {self.num_envs} envs")
+            seeds = [None if x is None else int(x) for x in seed]
+        else:
+            seeds = [None if seed is None else int(seed) + i for i in range(self.num_envs)]
+        if seeds[0] is not None:
+            self._rng = np.random.default_rng(seeds[0])
+        new = []
+        for i in range(self.num_envs):
+            if seeds[i] is not None:
+                self._rng = np.random.default_rng(seeds[i])
+            new.append(self._new(i, options))
+        self.states = new
+        self._options = {k: v for k, v in options.items() if k not in ("states", "horizons", "state", "prefix")}
+        self._needs_reset[:] = False
+        return self._obs(), {"turn": np.array([s.turn for s in self.states]), "horizon": np.array([s.horizon for s in self.states])}
+
+    def step(self, actions: Sequence[str]):
+        actions = list(actions)
+        if len(actions) != self.num_envs:
+            raise ValueError(f"got {len(actions)} actions for {self.num_envs} envs")
+        if any(s is None for s in self.states):
+            raise RuntimeError("call reset() before step()")
+        rewards = np.zeros(self.num_envs)
+        terminated = np.zeros(self.num_envs, dtype=bool)
+        truncated = np.zeros(self.num_envs, dtype=bool)
+        infos: dict = {}
+        live = [i for i in range(self.num_envs) if not self._needs_reset[i]]
+        results = self.core.step([self.states[i] for i in live], [actions[i] for i in live])
+        for i in np.flatnonzero(self._needs_reset):  # NEXT_STEP autoreset
+            self.states[i] = self._new(int(i), self._options)
+        for i, r in zip(live, results):
+            rewards[i], terminated[i], truncated[i] = r.reward, r.terminated, r.truncated
+            infos = self._add_info(infos, r.info, i)
+        self._needs_reset[:] = terminated | truncated
+        return self._obs(), rewards, terminated, truncated, infos
+
+    def get_states(self) -> list[DialogueState]:
+        """Deep copies of every sub-env's state; restore with ``reset(options={"states": states})``."""
+        return [s.copy() for s in self.states]
+
+    def close_extras(self, **kwargs: Any) -> None:
+        close = getattr(self.core.user, "close", None)
+        if close:
+            close()
