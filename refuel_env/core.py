@@ -17,7 +17,7 @@ import numpy as np
 
 from . import backends, judges, tasks, users  # noqa: F401  (register the built-in components)
 from .registry import JUDGES, TASKS, USERS
-from .types import DialogueState, JudgeScore
+from .types import DialogueState, JudgeScore, UserTurn
 
 
 class EnvError(RuntimeError):
@@ -47,11 +47,35 @@ def build_component(registry, spec, task, kind: str, **kwargs):
             return task.make_scripted_user(**kwargs)
         if kind == "judge" and spec == "rule":
             return task.make_rule_judge(**kwargs)
+        if spec not in registry:
+            own = "scripted" if kind == "user" else "rule"
+            raise KeyError(f"unknown {kind} {spec!r}; known: {', '.join([own] + registry.names())} ({own!r} is the task's "
+                           f"own). Pass one of these names, an object with a "
+                           f"{'reply(states)' if kind == 'user' else 'score(states)'} method, or register your own with "
+                           f"refuel_env.registry.{kind.upper()}S.register(name)")
         return registry.get(spec)(task=task, **kwargs)
     if not hasattr(spec, "reply" if kind == "user" else "score"):
         raise TypeError(f"{kind}={spec!r} is neither a registered name nor an object with a "
                         f"{'reply(states)' if kind == 'user' else 'score(states)'} method")
     return spec
+
+
+_ATOMS = (str, int, float, bool, type(None))
+
+
+def _copy_plain(x: Any) -> Any:
+    """A deep copy of plain data (dicts, lists and tuples of str/int/float/bool/None), several times faster
+    than ``copy.deepcopy`` for the small task memories snapshotted at every step; anything else is deep-copied."""
+    t = type(x)
+    if t in _ATOMS:
+        return x
+    if t is dict:
+        return {k: _copy_plain(v) for k, v in x.items()}
+    if t is list:
+        return [_copy_plain(v) for v in x]
+    if t is tuple:
+        return tuple(_copy_plain(v) for v in x)
+    return copy.deepcopy(x)
 
 
 class DialogueCore:
@@ -157,12 +181,46 @@ class DialogueCore:
                 raise ValueError(f"assistant message of {len(a)} characters is longer than max_message_chars="
                                  f"{self.max_message_chars}{where}; truncate it or make the env with a larger max_message_chars")
 
-    def step(self, states: Sequence[DialogueState], actions: Sequence[str]) -> list[StepResult]:
+    def validate_user_replies(self, states: Sequence[DialogueState], user_replies: Sequence[Any]) -> list:
+        """Check replies from an external user (see :meth:`step`); return them as ``UserTurn`` or None."""
+        if len(user_replies) != len(states):
+            raise ValueError(f"got {len(user_replies)} user replies for {len(states)} dialogues; pass one per "
+                             "dialogue (None where the simulator should reply)")
+        out = []
+        for i, (s, r) in enumerate(zip(states, user_replies)):
+            where = f" (dialogue {i})" if len(states) > 1 else ""
+            if r is None:
+                out.append(None)
+                continue
+            if isinstance(r, str):
+                r = UserTurn(r)
+            if not isinstance(r, UserTurn) or not isinstance(r.content, str):
+                raise TypeError(f"a user reply must be a str, a UserTurn or None, got {type(r).__name__}{where}")
+            if len(r.content) > self.max_message_chars:
+                raise ValueError(f"user message of {len(r.content)} characters is longer than max_message_chars="
+                                 f"{self.max_message_chars}{where}; shorten it or make the env with a larger max_message_chars")
+            if s.turn + 1 >= s.horizon:
+                raise ValueError(f"dialogue{where} reaches its horizon with this step, so no user reply follows it; "
+                                 "pass None for it")
+            out.append(r)
+        return out
+
+    def step(self, states: Sequence[DialogueState], actions: Sequence[str],
+             user_replies: Sequence[Any] | None = None) -> list[StepResult]:
+        """Advance each dialogue by one assistant turn (and the user's reply, unless the dialogue ends).
+
+        ``user_replies`` (optional, one per dialogue): ``None`` where the user simulator replies, or the
+        reply of an external user (a learned or human user in the user seat, e.g. from the PettingZoo
+        view) as a ``str`` or :class:`UserTurn` (``end=True`` closes the dialogue). An external reply is
+        used verbatim and the task memory is rebuilt from the text with ``task.memory_from_prefix``. The
+        simulator is called once, for the dialogues that have no external reply.
+        """
         self.validate(states, actions)
-        saved = [(len(s.messages), s.turn, copy.deepcopy(s.memory), s.user_rng.bit_generator.state,
+        replies_in = None if user_replies is None else self.validate_user_replies(states, user_replies)
+        saved = [(len(s.messages), s.turn, _copy_plain(s.memory), s.user_rng.bit_generator.state,
                   s.judge_rng.bit_generator.state, len(s.scores), s.done, s.ended_by_user) for s in states]
         try:
-            return self._step(states, actions)
+            return self._step(states, actions, replies_in)
         except BaseException:
             for s, (n, turn, mem, urng, jrng, ns, done, ended) in zip(states, saved):
                 del s.messages[n:]
@@ -171,13 +229,22 @@ class DialogueCore:
                 s.user_rng.bit_generator.state, s.judge_rng.bit_generator.state = urng, jrng
             raise
 
-    def _step(self, states: Sequence[DialogueState], actions: Sequence[str]) -> list[StepResult]:
+    def _step(self, states: Sequence[DialogueState], actions: Sequence[str],
+              replies_in: Sequence[UserTurn | None] | None = None) -> list[StepResult]:
         for s, a in zip(states, actions):
             s.messages.append({"role": "assistant", "content": a})
             s.turn += 1
-        # ONE batched user call for every dialogue that goes on
+        # ONE batched user call for every dialogue that goes on and has no external reply
         cont = [i for i, s in enumerate(states) if s.turn < s.horizon]
         replies = {}
+        if replies_in is not None:
+            for i in cont:
+                r = replies_in[i]
+                if r is not None:  # an external user: its text is the truth, the memory follows from it
+                    s = states[i]
+                    s.memory = self.task.memory_from_prefix(s.messages + [{"role": "user", "content": r.content}], s.goal)
+                    replies[i] = r
+            cont = [i for i in cont if i not in replies]
         if cont:
             t0 = time.perf_counter()
             try:
@@ -190,7 +257,11 @@ class DialogueCore:
             if not isinstance(out, list) or len(out) != len(cont):
                 raise UserSimulatorError(f"user simulator returned {len(out) if hasattr(out, '__len__') else out!r} "
                                          f"replies for {len(cont)} dialogues; reply() must return one UserTurn each")
-            replies = dict(zip(cont, out))
+            bad = [type(r).__name__ for r in out if not isinstance(r, UserTurn)]
+            if bad:
+                raise UserSimulatorError(f"user simulator returned {bad[0]} where a UserTurn was expected; reply() must "
+                                         "return refuel_env.UserTurn objects (the step was rolled back)")
+            replies.update(zip(cont, out))
         # ONE batched judge call, on the dialogues as they stand after the assistant turn
         t0 = time.perf_counter()
         try:

@@ -106,6 +106,9 @@ class GuessItemTask:
         self.table = np.array([CATALOGUE[i] for i in self.items], dtype=bool)  # [items, attributes]
         self._item_re = re.compile(r"\b(" + "|".join(sorted(CATALOGUE, key=len, reverse=True)) + r")s?\b")
         self._attr_res = [(a, re.compile(r"\b(" + "|".join(map(re.escape, kw)) + r")")) for a, (_, kw) in ATTRIBUTES.items()]
+        # memo tables (speed: the same texts and fact sets recur across a batch); both hold immutable values
+        self._parse_memo: dict[str, Parsed] = {}
+        self._posterior_memo: dict[tuple, np.ndarray] = {}
 
     # ----------------------------------------------------------------- episodes
     def opening(self, horizon: int) -> str:
@@ -136,6 +139,15 @@ class GuessItemTask:
 
     # ----------------------------------------------------------------- language
     def parse(self, text: str) -> Parsed:
+        p = self._parse_memo.get(text)
+        if p is None:
+            p = self._parse(text)
+            if len(self._parse_memo) >= 65536:
+                self._parse_memo.clear()
+            self._parse_memo[text] = p
+        return p
+
+    def _parse(self, text: str) -> Parsed:
         t = text.lower()
         m = self._item_re.search(t)
         if m:
@@ -149,7 +161,18 @@ class GuessItemTask:
         return bool(CATALOGUE[goal][ATTRIBUTE_NAMES.index(attribute)])
 
     def posterior(self, facts: Sequence) -> np.ndarray:
-        """P(item | answers so far), exact under the noise model."""
+        """P(item | answers so far), exact under the noise model (a read-only array)."""
+        key = tuple(sorted((kind, k, bool(v)) for kind, k, v in facts))  # the posterior ignores the order
+        p = self._posterior_memo.get(key)
+        if p is None:
+            p = self._posterior(facts)
+            p.flags.writeable = False
+            if len(self._posterior_memo) >= 65536:
+                self._posterior_memo.clear()
+            self._posterior_memo[key] = p
+        return p
+
+    def _posterior(self, facts: Sequence) -> np.ndarray:
         logp = np.zeros(self.n_items)
         col = {a: i for i, a in enumerate(ATTRIBUTE_NAMES)}
         for kind, key, value in facts:

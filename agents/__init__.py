@@ -1,0 +1,1 @@
+"""agents: REFUEL, REBEL, DPO and PPO on one rollout-and-update interface."""

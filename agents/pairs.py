@@ -1,0 +1,152 @@
+"""Pair collection shared by REFUEL, REBEL and DPO: they differ only in configuration and loss.
+
+Where the context comes from (``rollin``), who answers at turn h (``responder``) and what the target
+is (``target``: the relative future, i.e. each branch continued to the horizon, or the last-turn
+reward with earlier turns fixed) are configuration, so "REBEL-LT-MIXED", "DPO-LT-OFFLINE" and
+REFUEL are rows of one table, not copies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .base import Agent, AgentConfig, Batch
+from .policy import EncodedTurns, Policy, TemplateError
+
+ROLLINS = ("current", "reference", "offline")
+TARGETS = ("relative_future", "last_turn")
+
+
+@dataclass
+class PairConfig(AgentConfig):
+    rollin: str = "current"
+    """Who plays the assistant up to s_h: "current" (pi_t), "reference" (pi_0, the paper's "mixed"),
+    or "offline" (the behaviour policy of the offline data: the task's scripted demonstrator)."""
+    responder: str = "current"
+    """Who samples the two responses at turn h (and continues the branches): "current" or "reference"."""
+    target: str = "relative_future"
+    """"relative_future": h ~ U{1..H}, each branch continued to H (REFUEL); "last_turn": h = H."""
+
+
+class PairAgent(Agent):
+    Config = PairConfig
+    anchor = "current"  # whose log-probs are stored with the pairs: pi_t ("current") or pi_ref ("reference")
+
+    def setup(self) -> None:
+        c = self.config
+        if c.rollin not in ROLLINS or c.responder not in ("current", "reference") or c.target not in TARGETS:
+            raise ValueError(f"rollin must be one of {ROLLINS}, responder 'current' or 'reference', target one of "
+                             f"{TARGETS}; got rollin={c.rollin!r}, responder={c.responder!r}, target={c.target!r}")
+
+    def speaker(self, which: str, task):
+        if which == "current":
+            return self.policy
+        if which == "reference":
+            return self.ref_policy
+        make = getattr(task, "offline_speaker", None)
+        if make is None:
+            from refuel_env.tasks.guess_item import GuessItemTask
+            from refuel_env.tasks.guess_item_players import ScriptedQuestioner
+
+            if not isinstance(task, GuessItemTask):
+                raise ValueError(f"task {task.task_id} has no offline data for rollin='offline'; use 'reference'")
+            return ScriptedQuestioner(task, "demonstrator", seed=int(self.rng.integers(2**31)))
+        return make(seed=int(self.rng.integers(2**31)))
+
+    def encode_pairs(self, contexts, responses) -> tuple[EncodedTurns | None, list[int], int]:
+        """Encode both responses of each pair (rows i and n+i); drop and count pairs the template breaks."""
+        keep, errors = [], 0
+        for i, (ctx, (a, b)) in enumerate(zip(contexts, responses)):
+            try:
+                self.policy.encode_turns([ctx, ctx], [a, b])
+                keep.append(i)
+            except TemplateError:
+                errors += 1
+        if not keep:
+            return None, keep, errors
+        ctx = [contexts[i] for i in keep]
+        enc = self.policy.encode_turns(ctx + ctx, [responses[i][0] for i in keep] + [responses[i][1] for i in keep])
+        return enc, keep, errors
+
+    def collect(self, env) -> Batch:
+        c = self.config
+        eng = self.engine(env)
+        before = dict(eng.stats)
+        self.policy.model.eval()
+        pairs, dropped = eng.pairs(c.batch_size, self.rng, rollin=self.speaker(c.rollin, eng.core.task),
+                                   responder=self.speaker(c.responder, eng.core.task), continuation=None,
+                                   last_turn=c.target == "last_turn")
+        n0 = len(pairs.contexts)
+        finite = np.isfinite(pairs.returns).all(1)
+        distinct = np.array([a != b for a, b in pairs.responses], dtype=bool) if n0 else np.zeros(0, bool)
+        keep_rows = [i for i in range(n0) if finite[i] and distinct[i] and self.usable(pairs.returns[i])]
+        contexts = [pairs.contexts[i] for i in keep_rows]
+        responses = [pairs.responses[i] for i in keep_rows]
+        enc, kept, template_errors = self.encode_pairs(contexts, responses)
+        rows = [keep_rows[i] for i in kept]
+        stats = {**self.budget(eng, before), "pairs": len(rows), "examples": len(rows), **dropped,
+                 "identical_responses": int((~distinct).sum()), "nonfinite_returns": int((~finite).sum()),
+                 "unusable_pairs": int(sum(finite[i] and distinct[i] and not self.usable(pairs.returns[i]) for i in range(n0))),
+                 "template_errors": template_errors,
+                 "mean_return": float(np.nanmean(pairs.returns)) if n0 else float("nan")}
+        if enc is None:
+            return Batch({"pairs": pairs}, stats)
+        anchor = self.policy if self.anchor == "current" else self.ref_policy
+        old = anchor.sequence_logprobs_nograd(enc)
+        n = len(rows)
+        data = {"enc": enc, "old_a": old[:n], "old_b": old[n:], "returns": torch.tensor(pairs.returns[rows], dtype=torch.float32),
+                "contexts": [pairs.contexts[i] for i in rows], "responses": [pairs.responses[i] for i in rows],
+                "turns": pairs.turns[rows], "horizons": pairs.horizons[rows]}
+        return Batch(data, stats)
+
+    def usable(self, returns: np.ndarray) -> bool:
+        """Whether a pair carries a learning signal for this loss (DPO drops ties)."""
+        return True
+
+    def loss(self, logp_a, logp_b, old_a, old_b, returns) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        n = len(batch)
+        if n == 0:
+            self.skipped["empty_batches"] += 1
+            return {"loss": float("nan"), "pairs": 0, "skipped_empty_batches": self.skipped["empty_batches"]}
+        d = batch.data
+        self.policy.model.train()
+        losses, extra = [], {}
+        for idx in self.minibatches(n):
+            idx_t = torch.as_tensor(idx)
+            lp = self.policy.sequence_logprobs(d["enc"].select(torch.cat([idx_t, idx_t + n])))
+            m = len(idx)
+            loss, info = self.loss(lp[:m], lp[m:], d["old_a"][idx_t].to(lp.device), d["old_b"][idx_t].to(lp.device),
+                                   d["returns"][idx_t].to(lp.device))
+            if self.optimise(loss):
+                losses.append(float(loss.detach()))
+                for k, v in info.items():
+                    extra.setdefault(k, []).append(float(v))
+        self.policy.model.eval()
+        self.iteration += 1
+        return {"loss": float(np.mean(losses)) if losses else float("nan"), "pairs": n,
+                **{k: float(np.mean(v)) for k, v in extra.items()},
+                "skipped_nonfinite_loss": self.skipped["nonfinite_loss"]}
+
+    def preference_dataset(self, batch: Batch):
+        """The batch's pairs in TRL's conversational preference format (prompt / chosen / rejected),
+        ranked by their returns; ties are left out."""
+        from datasets import Dataset
+
+        rows = {"prompt": [], "chosen": [], "rejected": [], "score_chosen": [], "score_rejected": []}
+        for ctx, (a, b), (qa, qb) in zip(batch.data.get("contexts", []), batch.data.get("responses", []),
+                                         batch.data.get("returns", torch.zeros(0, 2)).tolist()):
+            if qa == qb:
+                continue
+            (w, qw), (l, ql) = ((a, qa), (b, qb)) if qa > qb else ((b, qb), (a, qa))
+            rows["prompt"].append([dict(m) for m in ctx])
+            rows["chosen"].append([{"role": "assistant", "content": w}])
+            rows["rejected"].append([{"role": "assistant", "content": l}])
+            rows["score_chosen"].append(qw)
+            rows["score_rejected"].append(ql)
+        return Dataset.from_dict(rows)

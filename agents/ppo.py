@@ -1,0 +1,157 @@
+"""PPO, token-level, over the assistant tokens of whole multi-turn dialogues.
+
+Each assistant token is an action; user turns are the environment's transitions. Per-token reward:
+``-kl_coef * (ln pi_old - ln pi_ref)``, plus the judge's score at the horizon on the dialogue's last
+assistant token. Advantages by GAE (gamma, lam) along the assistant tokens of each dialogue, whitened
+over the batch; a value head (a linear layer on the policy's last hidden state) is the critic.
+
+    pg_loss = mean( max(-A * r, -A * clip(r, 1 - eps, 1 + eps)) ),   r = pi / pi_old per token
+    vf_loss = 0.5 * mean( max((V - R)^2, (clip(V, V_old - eps_v, V_old + eps_v) - R)^2) )
+    loss = pg_loss + vf_coef * vf_loss
+
+TRL no longer ships a PPO trainer; this one reuses TRL's ``selective_log_softmax`` (through the policy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .base import Agent, AgentConfig, Batch, register_agent
+from .policy import TemplateError
+
+
+@dataclass
+class PPOConfig(AgentConfig):
+    gamma: float = 1.0
+    """Discount along assistant tokens."""
+    lam: float = 0.95
+    """GAE lambda."""
+    clip_range: float = 0.2
+    """Clipping of the probability ratio."""
+    clip_range_value: float = 0.2
+    """Clipping of the value update."""
+    vf_coef: float = 0.5
+    """Weight of the value loss."""
+    kl_coef: float = 0.05
+    """Per-token KL penalty to the reference policy."""
+    whiten_advantages: bool = True
+    """Normalise advantages over the batch."""
+    epochs: int = 2
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float) -> torch.Tensor:
+    """Generalised advantage estimates along the masked positions of each row.
+
+    ``rewards``, ``values``, ``mask``: [N, T]. Positions with mask 0 are skipped (the next action's value
+    is bootstrapped across them); after the last action the value is 0.
+    """
+    adv = torch.zeros_like(rewards)
+    for i in range(rewards.shape[0]):
+        pos = torch.nonzero(mask[i], as_tuple=False).flatten().tolist()
+        last, next_value = 0.0, 0.0
+        for t in reversed(pos):
+            delta = rewards[i, t] + gamma * next_value - values[i, t]
+            last = delta + gamma * lam * last
+            adv[i, t] = last
+            next_value = values[i, t]
+    return adv
+
+
+def masked_mean(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    return (x * m).sum() / m.sum().clamp(min=1)
+
+
+@register_agent("ppo")
+class PPOAgent(Agent):
+    name = "ppo"
+    Config = PPOConfig
+
+    def setup(self) -> None:
+        hidden = self.policy.model.config.hidden_size
+        self.value_head = torch.nn.Linear(hidden, 1).to(self.policy.device)
+        torch.nn.init.zeros_(self.value_head.weight)
+        torch.nn.init.zeros_(self.value_head.bias)
+
+    def parameters(self):
+        return super().parameters() + list(self.value_head.parameters())
+
+    def extra_state(self) -> dict:
+        return {"value_head": self.value_head.state_dict()}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.value_head.load_state_dict(state["value_head"])
+
+    def _forward(self, enc):
+        lp, hidden = self.policy.token_logprobs(enc, return_hidden=True)
+        values = self.value_head(hidden[:, :-1].float()).squeeze(-1)
+        return lp, values
+
+    def collect(self, env) -> Batch:
+        c = self.config
+        eng = self.engine(env)
+        before = dict(eng.stats)
+        self.policy.model.eval()
+        states = eng.dialogues(c.batch_size, self.policy, self.rng)
+        keep, errors = [], 0
+        for i, s in enumerate(states):
+            try:
+                self.policy.encode_dialogues([s.messages])
+                keep.append(i)
+            except TemplateError:
+                errors += 1
+        scores = np.array([states[i].scores[-1] for i in keep], dtype=float)
+        finite = np.isfinite(scores)
+        keep = [k for k, f in zip(keep, finite) if f]
+        stats = {**self.budget(eng, before), "examples": len(keep), "template_errors": errors,
+                 "nonfinite_returns": int((~finite).sum()),
+                 "mean_return": float(np.mean([s.scores[-1] for s in states])) if states else float("nan")}
+        if not keep:
+            return Batch({}, stats)
+        enc, _ = self.policy.encode_dialogues([states[i].messages for i in keep])
+        with torch.no_grad():
+            old, values = self._forward(enc)
+            ref = self.ref_policy.token_logprobs(enc)
+        mask = enc.turn_mask[:, 1:].float()
+        rewards = -c.kl_coef * (old - ref) * mask
+        last = mask.shape[1] - 1 - torch.argmax(mask.flip(1), dim=1)  # last assistant token of each dialogue
+        rewards[torch.arange(len(keep)), last] += torch.tensor(scores[finite], dtype=torch.float32)
+        adv = gae(rewards, values, mask, c.gamma, c.lam)
+        returns = adv + values
+        if c.whiten_advantages:
+            mu, sd = masked_mean(adv, mask), masked_mean((adv - masked_mean(adv, mask)) ** 2, mask).sqrt()
+            adv = (adv - mu) / (sd + 1e-8) * mask
+        data = {"enc": enc, "old": old, "values": values, "returns": returns, "adv": adv, "mask": mask,
+                "kl": float(masked_mean(old - ref, mask))}
+        return Batch(data, stats)
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        n, c, d = len(batch), self.config, batch.data
+        if n == 0:
+            self.skipped["empty_batches"] += 1
+            return {"loss": float("nan"), "skipped_empty_batches": self.skipped["empty_batches"]}
+        self.policy.model.train()
+        logs = {"loss": [], "pg_loss": [], "vf_loss": [], "clipfrac": [], "approx_kl": []}
+        for idx in self.minibatches(n):
+            idx_t = torch.as_tensor(idx)
+            enc = d["enc"].select(idx_t)
+            width = enc.input_ids.shape[1] - 1
+            old, v_old, ret, adv, m = (d[k][idx_t][:, :width] for k in ("old", "values", "returns", "adv", "mask"))
+            lp, v = self._forward(enc)
+            ratio = torch.exp(lp - old)
+            pg = masked_mean(torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - c.clip_range, 1 + c.clip_range)), m)
+            v_clip = v_old + (v - v_old).clamp(-c.clip_range_value, c.clip_range_value)
+            vf = 0.5 * masked_mean(torch.maximum((v - ret) ** 2, (v_clip - ret) ** 2), m)
+            loss = pg + c.vf_coef * vf
+            if self.optimise(loss):
+                logs["loss"].append(float(loss.detach()))
+                logs["pg_loss"].append(float(pg.detach()))
+                logs["vf_loss"].append(float(vf.detach()))
+                logs["clipfrac"].append(float(masked_mean(((ratio - 1).abs() > c.clip_range).float(), m)))
+                logs["approx_kl"].append(float(masked_mean(old - lp.detach(), m)))
+        self.policy.model.eval()
+        self.iteration += 1
+        return {**{k: float(np.mean(v)) if v else float("nan") for k, v in logs.items()}, "dialogues": n,
+                "kl_to_ref": d["kl"], "skipped_nonfinite_loss": self.skipped["nonfinite_loss"]}

@@ -1,0 +1,25 @@
+"""REBEL (single-turn): the REFUEL regression with the last turn's reward as target.
+
+Earlier turns are fixed context; no continuation (h = H). The paper's baselines differ by where the
+context comes from: ``rollin="offline"`` (dataset dialogues), ``"reference"`` (pi_0 with the
+simulator: "mixed", the default here) or ``"current"`` (on-policy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .base import register_agent
+from .refuel import RefuelAgent, RefuelConfig
+
+
+@dataclass
+class RebelConfig(RefuelConfig):
+    target: str = "last_turn"
+    rollin: str = "reference"
+
+
+@register_agent("rebel")
+class RebelAgent(RefuelAgent):
+    name = "rebel"
+    Config = RebelConfig

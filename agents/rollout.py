@@ -1,0 +1,150 @@
+"""The shared rollout engine: every agent collects its data through it.
+
+It drives the environment's batched state machine (``env.core``, the same one the vector env steps)
+with ONE batched generation call and ONE batched ``core.step`` (one user call, one judge call) per
+turn for all dialogues in flight. It can
+
+- start N dialogues (train or held-out split; horizons given or drawn by the env),
+- roll in to turn h with a chosen speaker (current policy, reference policy, or the offline data's
+  behaviour policy),
+- branch K responses at turn h (deep copies of the state: same hidden goal, same user random state),
+- continue each branch to the horizon with a chosen speaker, the judge scoring at the end.
+
+A *speaker* is a :class:`~agents.policy.Policy` or any object with ``act(conversations) -> list[str]``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from refuel_env.core import DialogueCore
+from refuel_env.types import DialogueState
+
+from .policy import Policy
+
+
+def env_core(env: Any) -> DialogueCore:
+    """The batched dialogue state machine behind a single, vector or wrapped env."""
+    for obj in (env, getattr(env, "unwrapped", None)):
+        core = getattr(obj, "core", None)
+        if isinstance(core, DialogueCore):
+            return core
+    raise TypeError(f"{type(env).__name__} is not a refuel_env environment; pass gym.make('RefuelDialogue-v0', ...) "
+                    "or gym.make_vec('RefuelDialogue-v0', ...)")
+
+
+@dataclass
+class PairData:
+    """Two responses at the same state s_h, each with its Monte-Carlo return."""
+
+    contexts: list  # s_h as messages (ends with the user message of turn h)
+    responses: list  # [(a, a')] texts
+    returns: np.ndarray  # [n, 2] Q-hat of each response
+    turns: np.ndarray  # h of each pair
+    horizons: np.ndarray  # H of each pair
+    finals: list = field(default_factory=list)  # the two final states of each pair (for inspection/export)
+
+
+class RolloutEngine:
+    def __init__(self, env: Any):
+        self.core = env_core(env)
+        self.stats = {"dialogues": 0, "tokens_generated": 0, "generate_calls": 0, "generate_seconds": 0.0,
+                      "env_seconds": 0.0, "env_steps": 0}
+
+    # ------------------------------------------------------------------ speakers
+    def speak(self, speaker: Any, states: Sequence[DialogueState], seed: int) -> list[str]:
+        convs = [s.messages for s in states]
+        t0 = time.perf_counter()
+        if isinstance(speaker, Policy):
+            out = speaker.generate(convs, seed=seed)
+            self.stats["tokens_generated"] += speaker.last_generated_tokens
+        elif hasattr(speaker, "act"):
+            out = speaker.act(convs)
+        else:
+            raise TypeError(f"a speaker must be a Policy or have act(conversations); got {type(speaker).__name__}")
+        self.stats["generate_seconds"] += time.perf_counter() - t0
+        self.stats["generate_calls"] += 1
+        limit = self.core.max_message_chars
+        return [t[:limit] for t in out]
+
+    # ------------------------------------------------------------------ dialogues
+    def new_states(self, n: int, rng: np.random.Generator, split: str = "train",
+                   horizons: Sequence[int] | None = None) -> list[DialogueState]:
+        self.stats["dialogues"] += n
+        return [self.core.new_state(int(rng.integers(2**62)),
+                                    {"split": split, **({"horizon": int(horizons[i])} if horizons is not None else {})})
+                for i in range(n)]
+
+    def advance(self, states: Sequence[DialogueState], speaker: Any, rng: np.random.Generator,
+                until: Sequence[int] | None = None, on_turn: Callable | None = None) -> None:
+        """Step every dialogue until it is done or has taken ``until[i]`` assistant turns."""
+        stop = [s.horizon if until is None else min(int(until[i]), s.horizon) for i, s in enumerate(states)]
+        while True:
+            live = [i for i, s in enumerate(states) if not s.done and s.turn < stop[i]]
+            if not live:
+                return
+            acts = self.speak(speaker, [states[i] for i in live], int(rng.integers(2**31)))
+            t0 = time.perf_counter()
+            self.core.step([states[i] for i in live], acts)
+            self.stats["env_seconds"] += time.perf_counter() - t0
+            self.stats["env_steps"] += 1
+            if on_turn is not None:
+                on_turn([states[i] for i in live])
+
+    def step_with(self, states: Sequence[DialogueState], actions: Sequence[str]) -> None:
+        t0 = time.perf_counter()
+        self.core.step(list(states), list(actions))
+        self.stats["env_seconds"] += time.perf_counter() - t0
+        self.stats["env_steps"] += 1
+
+    # ------------------------------------------------------------------ pairs
+    def pairs(self, n: int, rng: np.random.Generator, rollin: Any, responder: Any, continuation: Any | None,
+              last_turn: bool, split: str = "train") -> tuple[PairData, dict]:
+        """Sample H ~ U{1..H_max}, h ~ U{1..H} (h = H when ``last_turn``), roll in to s_h with ``rollin``,
+        draw two responses from ``responder``, and continue each branch to H with ``continuation``.
+
+        Returns the pairs and counts of what was dropped (dialogues that ended before turn h).
+        """
+        hmax = self.core.max_turns
+        horizons = rng.integers(1, hmax + 1, size=n)
+        turns = horizons.copy() if last_turn else np.array([rng.integers(1, H + 1) for H in horizons])
+        states = self.new_states(n, rng, split, horizons)
+        self.advance(states, rollin, rng, until=turns - 1)
+        ok = [i for i, s in enumerate(states) if not s.done and s.turn == turns[i] - 1]
+        dropped = {"ended_before_branch": n - len(ok)}
+        roots = [states[i] for i in ok]
+        branches = [s.copy() for s in roots for _ in range(2)]
+        if not branches:
+            return PairData([], [], np.zeros((0, 2)), np.zeros(0, int), np.zeros(0, int)), dropped
+        first = self.speak(responder, branches, int(rng.integers(2**31)))
+        self.step_with(branches, first)
+        self.stats["dialogues"] += len(roots)  # each pair adds one more dialogue (the second branch)
+        if not last_turn:
+            self.advance(branches, continuation or responder, rng)
+        q = np.array([s.scores[-1] for s in branches], dtype=float).reshape(-1, 2)
+        return PairData(contexts=[r.messages for r in roots], responses=list(zip(first[0::2], first[1::2])),
+                        returns=q, turns=turns[ok], horizons=horizons[ok],
+                        finals=list(zip(branches[0::2], branches[1::2]))), dropped
+
+    # ------------------------------------------------------------------ whole dialogues
+    def dialogues(self, n: int, speaker: Any, rng: np.random.Generator, split: str = "train",
+                  horizons: Sequence[int] | None = None, snapshots: bool = False):
+        """Roll out n whole dialogues. With ``snapshots``, also the state after every turn: snaps[i][h-1]."""
+        states = self.new_states(n, rng, split, horizons)
+        snaps: list[list] = [[] for _ in states]
+        index = {id(s): i for i, s in enumerate(states)}
+
+        def record(live):
+            for s in live:
+                snaps[index[id(s)]].append(s.copy())
+
+        self.advance(states, speaker, rng, on_turn=record if snapshots else None)
+        return (states, snaps) if snapshots else states
+
+
+def as_rng(seed: int | np.random.Generator) -> np.random.Generator:
+    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)

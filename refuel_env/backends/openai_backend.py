@@ -1,0 +1,1 @@
+class OpenAIBackend: pass

@@ -1,0 +1,1 @@
+"""Data files shipped with refuel_env (prompt sets)."""

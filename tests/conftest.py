@@ -1,0 +1,48 @@
+"""Shared test fixtures.
+
+- torch runs on ONE thread in tests (the CI machine has 2 cores, and tests run beside other work);
+- ``tiny_reference``: a small pi_0 built once per test session (a few seconds), cached in a temporary
+  ``REFUEL_ENV_CACHE`` that stays set for the session, so that nothing touches ``~/.cache`` and any
+  ``reference_policy(tiny_reference_config)`` call in a test loads it from that cache.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+TINY_REFERENCE = dict(n_items=8, max_turns=4, noise=0.0, vocab_size=640, hidden_size=32, num_layers=2, num_heads=2,
+                      n_dialogues=300, epochs=2, lr=3e-3, batch_size=32, seed=0)
+
+
+@pytest.fixture(scope="session")
+def reference_cache(tmp_path_factory):
+    """A temporary pi_0 cache, set as $REFUEL_ENV_CACHE for the whole session."""
+    path = tmp_path_factory.mktemp("refuel_env_cache")
+    old = os.environ.get("REFUEL_ENV_CACHE")
+    os.environ["REFUEL_ENV_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("REFUEL_ENV_CACHE", None)
+    else:
+        os.environ["REFUEL_ENV_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def tiny_reference_config(reference_cache):
+    """The ReferenceConfig of the tiny pi_0 (guess-item, 8 items, H_max = 4)."""
+    from agents.reference import ReferenceConfig
+
+    return ReferenceConfig(**TINY_REFERENCE)
+
+
+@pytest.fixture(scope="session")
+def tiny_reference(tiny_reference_config, reference_cache):
+    """A small pi_0 Policy (built once per session; each call of reference_policy loads a fresh copy)."""
+    from agents.reference import reference_policy
+
+    return reference_policy(tiny_reference_config, cache=reference_cache, log=lambda *a: None)

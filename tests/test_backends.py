@@ -1,0 +1,194 @@
+"""The transformers back end on a tiny model built from a config, the back-end registry, lazy vLLM."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from refuel_env import BACKENDS, SamplingParams
+from refuel_env.backends import BackendError, TransformersBackend
+from refuel_env.backends.transformers_backend import _RowSampler
+from refuel_env.models import CHATML_TEMPLATE, tiny_chat_model, train_chat_tokenizer
+
+torch.set_num_threads(1)
+
+REPLY = "Paris is nice."
+PROMPTS = ["hello", "what is it?", "hello world", "tell me"]
+
+
+def conv(text, system=None):
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+
+
+def teach(model, tok, texts, reply, steps=50):
+    """Fine-tune the tiny model so that it answers every prompt with ``reply`` and then ends its turn."""
+    rows = []
+    for t in texts:
+        p = tok(tok.apply_chat_template(conv(t), tokenize=False, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+        rows.append((p, tok(reply, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(steps):
+        loss = sum(model(input_ids=torch.tensor([p + r]), labels=torch.tensor([[-100] * len(p) + r])).loss for p, r in rows)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_chat_model(seed=0)
+
+
+@pytest.fixture(scope="module")
+def taught():
+    model, tok = tiny_chat_model([REPLY, "hello world", "what is it"], vocab_size=300, seed=0)
+    teach(model, tok, PROMPTS, REPLY)
+    return model, tok
+
+
+def test_empty_batch_and_one_output_per_input(tiny):
+    b = TransformersBackend(*tiny)
+    assert b.generate([], SamplingParams()) == []
+    out = b.generate([conv("a"), conv("bb", "sys"), conv("c c c")], SamplingParams(max_new_tokens=3), seeds=[0, 1, 2])
+    assert len(out) == 3 and all(isinstance(t, str) for t in out)
+    assert b.stats["calls"] == 1 and b.stats["rows"] == 3
+    with pytest.raises(ValueError, match="one seed per conversation"):
+        b.generate([conv("a")], SamplingParams(), seeds=[1, 2])
+    with pytest.raises(TypeError, match="Wrap a single conversation"):
+        b.generate(conv("a"), SamplingParams())
+    with pytest.raises(ValueError, match="role"):
+        b.generate([[{"role": "robot", "content": "x"}]], SamplingParams())
+
+
+def test_seeded_rows_do_not_depend_on_the_batch(tiny):
+    b = TransformersBackend(*tiny)
+    p = SamplingParams(max_new_tokens=10, temperature=1.0)
+    convs = [conv("Hello there, how are you?"), conv("Hi"), conv("What is the capital of France?", "be nice")]
+    full = b.generate_with_tokens(convs, p, seeds=[11, 22, 33])
+    rev = b.generate_with_tokens(convs[::-1], p, seeds=[33, 22, 11])[::-1]
+    alone = b.generate_with_tokens([convs[1]], p, seeds=[22])
+    assert [g.token_ids for g in full] == [g.token_ids for g in rev]
+    assert alone[0].token_ids == full[1].token_ids
+    other = b.generate_with_tokens(convs, p, seeds=[12, 23, 34])
+    assert [g.token_ids for g in other] != [g.token_ids for g in full]
+    chunked = TransformersBackend(*tiny, batch_size=2).generate_with_tokens(convs, p, seeds=[11, 22, 33])
+    assert [g.token_ids for g in chunked] == [g.token_ids for g in full]
+    assert all(g.completion_tokens == len(g.token_ids) == 10 and g.finish_reason == "length" for g in full)
+
+
+def test_greedy_matches_transformers_greedy_and_ignores_seeds(tiny):
+    model, tok = tiny
+    b = TransformersBackend(model, tok)
+    c = conv("Can you explain photosynthesis?")
+    ours = b.generate_with_tokens([c, conv("x")], SamplingParams(max_new_tokens=8, temperature=0), seeds=[1, 2])[0]
+    again = b.generate_with_tokens([c], SamplingParams(max_new_tokens=8, temperature=0), seeds=[99])[0]
+    ids = torch.tensor([tok(b.render(c), add_special_tokens=False)["input_ids"]])
+    ref = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=8,
+                         eos_token_id=b.stop_token_ids, pad_token_id=b.pad_token_id)[0, ids.shape[1]:].tolist()
+    assert ours.token_ids == again.token_ids == ref[: len(ours.token_ids)]
+
+
+def test_row_sampler_samples_softmax_with_temperature_and_top_p():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    n = 4000
+    picks = np.array([int(_RowSampler([s], 1.0, 1.0)(None, logits.clone()).argmax()) for s in range(n)])
+    freq = np.bincount(picks, minlength=4) / n
+    assert np.allclose(freq, [0.5, 0.3, 0.15, 0.05], atol=0.03)
+    # temperature 0.5 squares and renormalises the probabilities
+    picks = np.array([int(_RowSampler([s], 0.5, 1.0)(None, logits.clone()).argmax()) for s in range(n)])
+    want = np.array([0.5, 0.3, 0.15, 0.05]) ** 2
+    assert np.allclose(np.bincount(picks, minlength=4) / n, want / want.sum(), atol=0.03)
+    # top_p = 0.7 keeps the two most likely tokens (0.5 + 0.3 >= 0.7)
+    picks = np.array([int(_RowSampler([s], 1.0, 0.7)(None, logits.clone()).argmax()) for s in range(1000)])
+    assert set(picks) == {0, 1} and abs(np.mean(picks == 0) - 0.5 / 0.8) < 0.05
+    out = _RowSampler([0], 1.0, 1.0)(None, logits.clone())
+    assert torch.isinf(out).sum() == 3 and out.max() == 0
+    with pytest.raises(BackendError, match="NaN"):
+        _RowSampler([0], 1.0, 1.0)(None, torch.full((1, 4), float("nan")))
+
+
+def test_stops_at_end_of_turn_and_strips_it(taught):
+    model, tok = taught
+    b = TransformersBackend(model, tok)
+    gens = b.generate_with_tokens([conv(p) for p in PROMPTS], SamplingParams(max_new_tokens=20, temperature=0))
+    eot = tok.convert_tokens_to_ids("<|im_end|>")
+    for g in gens:
+        assert g.text == REPLY and g.finish_reason == "stop"
+        assert g.token_ids[-1] == eot and eot not in g.token_ids[:-1]
+        assert g.completion_tokens == len(tok(REPLY, add_special_tokens=False)["input_ids"]) + 1
+    # a low temperature samples the same reply; sampled output still ends at the end-of-turn token
+    assert b.generate([conv("hello")], SamplingParams(max_new_tokens=20, temperature=0.05), seeds=[5]) == [REPLY]
+
+
+def test_stop_strings_cut_the_text_and_stop_early(taught):
+    b = TransformersBackend(*taught)
+    (g,) = b.generate_with_tokens([conv("hello")], SamplingParams(max_new_tokens=20, temperature=0, stop=(" nice",)))
+    assert g.text == "Paris is" and g.finish_reason == "stop_string"
+    assert tok_count(taught[1], REPLY) + 1 > g.completion_tokens  # stopped before the end of turn
+    (g,) = b.generate_with_tokens([conv("hello")], SamplingParams(max_new_tokens=20, temperature=0, stop=("zzz",)))
+    assert g.text == REPLY and g.finish_reason == "stop"
+
+
+def tok_count(tok, text):
+    return len(tok(text, add_special_tokens=False)["input_ids"])
+
+
+def test_missing_chat_template_is_a_clear_error(tiny):
+    model, _ = tiny
+    tok = train_chat_tokenizer(vocab_size=300, chat_template=None)
+    tok.chat_template = None
+    with pytest.raises(ValueError, match="chat_template = refuel_env.models.CHATML_TEMPLATE"):
+        TransformersBackend(model, tok)
+    tok.chat_template = CHATML_TEMPLATE
+    TransformersBackend(model, tok)
+
+
+def test_context_overflow_errors_or_truncates_on_request():
+    model, tok = tiny_chat_model(seed=1, max_positions=64)
+    long = conv("hello world " * 40)
+    with pytest.raises(ValueError, match="truncate_prompt=True"):
+        TransformersBackend(model, tok).generate([long], SamplingParams(max_new_tokens=8))
+    b = TransformersBackend(model, tok, truncate_prompt=True)
+    (g,) = b.generate_with_tokens([long, conv("hi")], SamplingParams(max_new_tokens=8), seeds=[0, 1])[:1]
+    assert g.prompt_tokens == 64 - 8 and g.completion_tokens == 8
+
+
+def test_next_token_logprobs_match_a_single_forward_pass(tiny):
+    model, tok = tiny
+    b = TransformersBackend(model, tok)
+    convs = [conv("Is it a mammal?"), conv("Short"), conv("A much longer question about the sea and the wind?")]
+    lp = b.next_token_logprobs(convs, ["Yes", "No"])
+    assert lp.shape == (3, 2) and np.all(lp < 0)
+    yes, no = b.candidate_token_ids(["Yes", "No"])
+    for i, c in enumerate(convs):
+        ids = torch.tensor([tok(b.render(c), add_special_tokens=False)["input_ids"]])
+        ref = torch.log_softmax(model(input_ids=ids).logits[0, -1].float(), -1)
+        assert np.allclose(lp[i], [ref[yes].item(), ref[no].item()], atol=1e-4)
+    with pytest.raises(ValueError, match="different tokens"):
+        b.next_token_logprobs(convs, ["Yes", "Yes please"])
+
+
+def test_registry_builds_the_transformers_backend(tiny):
+    b = BACKENDS.make("transformers", model=tiny[0], tokenizer=tiny[1], batch_size=4)
+    assert isinstance(b, TransformersBackend) and b.batch_size == 4
+    assert {"transformers", "openai", "vllm"} <= set(BACKENDS.names())
+    with pytest.raises(ValueError, match="tokenizer"):
+        BACKENDS.make("transformers", model=tiny[0])
+
+
+def test_vllm_is_lazy_and_its_absence_is_a_clear_error():
+    code = ("import sys, refuel_env, refuel_env.backends, refuel_env.users, refuel_env.judges, refuel_env.cache; "
+            "assert 'vllm' not in sys.modules; print('ok')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match=r"pip install 'refuel-env\[vllm\]'"):
+            BACKENDS.make("vllm", model="any-model")
+    else:  # pragma: no cover - only on a machine with vLLM
+        pytest.skip("vllm is installed here")
