@@ -81,7 +81,9 @@ class PolicyConfig:
         if env.task != "guess-item-v0":
             raise ValueError(f"the built-in pi_0 is for guess-item-v0; for task {env.task!r} set policy.model to a "
                              "Hugging Face model directory")
-        return reference_policy(self.reference_config(env), cache=self.cache, log=log, name=name)
+        policy = reference_policy(self.reference_config(env), cache=self.cache, log=log)
+        policy.name = name
+        return policy
 
 
 @dataclass
@@ -206,11 +208,11 @@ class ExperimentConfig:
 
 # ---------------------------------------------------------------------------------------------- presets
 def _quick() -> ExperimentConfig:
-    # sized by measurement on a 2-core CPU: pi_0 build + 5 trained rows + evaluation in well under 10 min
+    # Sized by measurement on the 2-core CPU this was built on (see benchmarks/bench_memory.py): the library's
+    # default pi_0 (built and cached on first use, ~3 min) + 5 trained rows + evaluation in well under 10 min.
     return ExperimentConfig(
-        preset="quick", seeds=[0], iterations=4, pairs_per_iteration=32,
-        policy=PolicyConfig(reference={"n_dialogues": 1500, "epochs": 4}),
-        eval=EvalConfig(n_dialogues=64, curve_every=2, curve_n_dialogues=32, examples=2, bootstrap=1000),
+        preset="quick", seeds=[0], iterations=10, pairs_per_iteration=32,
+        eval=EvalConfig(n_dialogues=128, curve_every=2, curve_n_dialogues=64, examples=2, bootstrap=1000),
         agent_options={"lr": 3e-4, "epochs": 2, "minibatch_size": 16, "max_new_tokens": 24, "temperature": 1.0},
         threads=2)
 

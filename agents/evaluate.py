@@ -60,10 +60,8 @@ def hierarchical_bootstrap_ci(groups: Sequence[Sequence[float]], n_boot: int = 2
     k = len(gs)
     # per group, n_boot within-group resample means (independent draws for every slot of every replicate)
     picks = rng.integers(0, k, size=(n_boot, k))
-    stats = np.empty(n_boot)
-    inner = [g[rng.integers(0, g.size, size=(n_boot, k, g.size))].mean(-1) for g in gs]  # each [n_boot, k]
-    for b in range(n_boot):
-        stats[b] = np.mean([inner[g][b, j] for j, g in enumerate(picks[b])])
+    inner = np.stack([g[rng.integers(0, g.size, size=(n_boot, k, g.size))].mean(-1) for g in gs])  # [groups, n_boot, k]
+    stats = inner[picks, np.arange(n_boot)[:, None], np.arange(k)[None, :]].mean(1)
     a = (1 - level) / 2
     return float(np.quantile(stats, a)), float(np.quantile(stats, 1 - a))
 

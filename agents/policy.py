@@ -18,7 +18,6 @@ log-probabilities are those of the distribution that generated the data.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -177,43 +176,31 @@ class Policy:
         return torch.cat(out) if out else torch.zeros(0)
 
     # ---------------------------------------------------------------- generation
-    @torch.no_grad()
+    def backend(self):
+        """The generation back end: ``refuel_env``'s batched ``TransformersBackend`` over this model
+        (per-row seeded sampling, end-of-turn stopping, context checks)."""
+        from refuel_env.backends.transformers_backend import TransformersBackend
+
+        if getattr(self, "_backend", None) is None or self._backend.model is not self.model:
+            self._backend = TransformersBackend(self.model, self.tokenizer)
+        return self._backend
+
     def generate(self, conversations: Sequence[Conversation], seed: int | None = None, temperature: float | None = None,
                  max_new_tokens: int | None = None) -> list[str]:
-        """ONE batched ``generate`` call; the same seed and batch give the same responses.
+        """ONE batched ``generate`` call; row i is sampled with its own seed ``seed + i``, so the same
+        seed gives the same responses. ``temperature=0`` is greedy decoding."""
+        from refuel_env.types import SamplingParams
 
-        ``temperature=0`` is greedy decoding.
-        """
         if not conversations:
+            self.last_generated_tokens = 0
             return []
-        temperature = self.temperature if temperature is None else float(temperature)
-        prompts = [self._template(list(c), add_generation_prompt=True) for c in conversations]
-        width = max(map(len, prompts))
-        pad = self.tokenizer.pad_token_id
-        ids = torch.full((len(prompts), width), pad, dtype=torch.long)  # left padding
-        att = torch.zeros_like(ids)
-        for i, p in enumerate(prompts):
-            ids[i, width - len(p):] = torch.tensor(p)
-            att[i, width - len(p):] = 1
-        limit = getattr(self.model.config, "max_position_embeddings", None)
-        n_new = max_new_tokens or self.max_new_tokens
-        if limit is not None and width + n_new > limit:
-            raise ValueError(f"a prompt of {width} tokens plus {n_new} new tokens exceeds the model's context of {limit} "
-                             "tokens; shorten the dialogue (max_turns, max_message_chars) or use a longer-context model")
-        was_training = self.model.training
-        self.model.eval()
-        rng = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
-        with rng:
-            if seed is not None:
-                torch.manual_seed(int(seed))
-            kwargs = dict(do_sample=True, temperature=temperature, top_p=1.0, top_k=0) if temperature > 0 else dict(do_sample=False)
-            out = self.model.generate(input_ids=ids.to(self.device), attention_mask=att.to(self.device), max_new_tokens=n_new,
-                                      eos_token_id=self.end_of_turn_ids(), pad_token_id=pad, **kwargs)
-        if was_training:
-            self.model.train()
-        texts = self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
-        self.last_generated_tokens = int(((out[:, width:] != pad)).sum())
-        return [t.strip() for t in texts]
+        params = SamplingParams(max_new_tokens=int(max_new_tokens or self.max_new_tokens),
+                                temperature=self.temperature if temperature is None else float(temperature))
+        base = int(torch.randint(2**31 - 1, ()).item()) if seed is None else int(seed)
+        gens = self.backend().generate_with_tokens([list(c) for c in conversations], params,
+                                                   seeds=[(base + i) % (2**31 - 1) for i in range(len(conversations))])
+        self.last_generated_tokens = sum(g.completion_tokens for g in gens)
+        return [g.text.strip() for g in gens]
 
     def act(self, observations, seed: int | None = None, temperature: float | None = None) -> list[str]:
         """Answer a batch of observations (env observations or conversations)."""

@@ -2,8 +2,8 @@
 
 A small Llama model built from a config (well under a few million parameters), with a byte-level BPE
 tokenizer trained in-process on the task's language and a ChatML chat template, pre-trained by
-supervised fine-tuning on dialogues of the scripted *demonstrator* (competent, not optimal: it asks a
-random unasked attribute half of the time), so that reinforcement learning has room to improve.
+supervised fine-tuning on dialogues of the scripted *demonstrator* (competent, not optimal: it asks
+informative questions but guesses prematurely with probability ``epsilon`` on each question turn), so that reinforcement learning has room to improve.
 
 Built once and cached on disk (``$REFUEL_ENV_CACHE`` or ``~/.cache/refuel_env``), keyed by the
 task parameters and the build recipe.
@@ -25,7 +25,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from refuel_env.core import DialogueCore
-from refuel_env.tasks.guess_item import ATTRIBUTES, CATALOGUE, FINAL, NO, RIGHT, TOO_MANY, UNCLEAR, WRONG, YES
+from refuel_env.tasks.guess_item import ATTRIBUTES, CATALOGUE, FINAL, NO, POSSIBLE, RIGHT, TOO_MANY, UNCLEAR, WRONG, YES
 from refuel_env.tasks.guess_item_players import ScriptedQuestioner
 
 from .policy import Policy
@@ -33,7 +33,7 @@ from .policy import Policy
 CHATML = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
           "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 SPECIAL = ["<|pad|>", "<|im_start|>", "<|im_end|>"]
-RECIPE_VERSION = 3
+RECIPE_VERSION = 6
 
 
 @dataclass
@@ -44,15 +44,15 @@ class ReferenceConfig:
     max_turns: int = 4
     noise: float = 0.0
     vocab_size: int = 640
-    hidden_size: int = 128
-    num_layers: int = 4
+    hidden_size: int = 64
+    num_layers: int = 2
     num_heads: int = 4
-    n_dialogues: int = 2000
-    epsilon: float = 0.5  # demonstrator's share of random (not most informative) questions
+    n_dialogues: int = 1000
+    epsilon: float = 0.3  # probability that the demonstrator guesses prematurely on a question turn
     demo_phrasing: str = "fixed"  # the demonstrator's own wording ("fixed" or "varied"); the user's stays varied
-    epochs: int = 8
+    epochs: int = 6
     lr: float = 5e-3
-    batch_size: int = 64
+    batch_size: int = 32
     seed: int = 0
 
     def key(self) -> str:
@@ -69,6 +69,7 @@ def task_corpus(items) -> list[str]:
     lines = [f"I am thinking of one of these animals: {', '.join(items)}. You have {h} turns: ask yes/no questions "
              f"about one attribute at a time, and guess on turn {h}." for h in range(1, 10)]
     lines += ["You have 1 turn: make your guess now.", UNCLEAR, TOO_MANY, FINAL, *YES, *NO]
+    lines += [POSSIBLE.format(items=", ".join(items[i:] + items[:i])) for i in range(len(items))]
     for qs, _ in ATTRIBUTES.values():
         lines += qs
     for it in CATALOGUE:

@@ -24,6 +24,7 @@ from its own generators.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -101,6 +102,20 @@ def _write_metrics(out: Path, rows: list[dict]) -> None:
     os.replace(tmp, out / "metrics.jsonl")
 
 
+@contextlib.contextmanager
+def quiet_hf():
+    """Hide the progress bars ``transformers`` shows when saving and loading (restored afterwards)."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def save_checkpoint(agent: Any, path: Path, state: dict) -> None:
     """``agent.save`` into ``path`` atomically (a tmp directory renamed into place; the old one kept until
     the new one is complete)."""
@@ -108,7 +123,8 @@ def save_checkpoint(agent: Any, path: Path, state: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     old = path.with_name(path.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
-    agent.save(tmp)
+    with quiet_hf():
+        agent.save(tmp)
     (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
     if path.exists():
         shutil.rmtree(old, ignore_errors=True)
@@ -161,7 +177,8 @@ def train(agent: Any, env: Any, iterations: int, eval_every: int = 0, out: str |
         out.mkdir(parents=True, exist_ok=True)
         ckpt = latest_checkpoint(out) if resume else None
         if ckpt is not None:
-            agent.load(ckpt)
+            with quiet_hf():
+                agent.load(ckpt)
             budget.update(json.loads((ckpt / "trainer_state.json").read_text())["budget"])
             resumed_from = int(agent.iteration)
             history = [r for r in read_metrics(out) if r.get("iteration", 0) <= resumed_from]
@@ -240,9 +257,10 @@ def train(agent: Any, env: Any, iterations: int, eval_every: int = 0, out: str |
                 budget[k] += int(stats.get(k, 0) or 0)
             budget["collect_seconds"] += t1 - t0
             budget["update_seconds"] += t2 - t1
+            reserved = {"iteration", "wall_seconds", "collect_seconds", "update_seconds", "eval_seconds", *BUDGET_KEYS}
             rec = {"iteration": it, **{k: budget[k] for k in BUDGET_KEYS},
                    **{f"batch/{k}": v for k, v in _finite_scalars(stats).items()},
-                   **{k: v for k, v in _finite_scalars(metrics).items()},
+                   **{(f"update/{k}" if k in reserved else k): v for k, v in _finite_scalars(metrics).items()},
                    **{f"skipped/{k}": v for k, v in dict(getattr(agent, "skipped", {}) or {}).items()},
                    "collect_seconds": t1 - t0, "update_seconds": t2 - t1}
             if eval_every and (it % eval_every == 0 or it == iterations):

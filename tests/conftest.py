@@ -15,8 +15,9 @@ import torch
 
 torch.set_num_threads(1)
 
+# about 7 s to build on one thread; it already asks questions and guesses (so rewards differ between responses)
 TINY_REFERENCE = dict(n_items=8, max_turns=4, noise=0.0, vocab_size=640, hidden_size=32, num_layers=2, num_heads=2,
-                      n_dialogues=300, epochs=2, lr=3e-3, batch_size=32, seed=0)
+                      n_dialogues=300, epochs=4, lr=1e-2, batch_size=16, seed=0)
 
 
 @pytest.fixture(scope="session")
@@ -46,3 +47,11 @@ def tiny_reference(tiny_reference_config, reference_cache):
     from agents.reference import reference_policy
 
     return reference_policy(tiny_reference_config, cache=reference_cache, log=lambda *a: None)
+
+
+@pytest.fixture(scope="session")
+def learning_reference(reference_cache):
+    """The library's default pi_0 (agents.reference.ReferenceConfig()), built once per session."""
+    from agents.reference import ReferenceConfig, reference_policy
+
+    return reference_policy(ReferenceConfig(), cache=reference_cache, log=lambda *a: None)

@@ -172,6 +172,30 @@ def test_next_token_logprobs_match_a_single_forward_pass(tiny):
         b.next_token_logprobs(convs, ["Yes", "Yes please"])
 
 
+def test_a_training_model_is_sampled_in_eval_mode_and_left_training():
+    model, tok = tiny_chat_model(seed=3)
+    b = TransformersBackend(model, tok)
+    model.train()
+    seen = []
+    hook = model.register_forward_pre_hook(lambda m, args: seen.append(m.training))
+    b.generate([conv("hi")], SamplingParams(max_new_tokens=2), seeds=[0])
+    b.next_token_logprobs([conv("hi")], ["Yes", "No"])
+    hook.remove()
+    assert seen and not any(seen) and model.training
+
+
+def test_from_pretrained_loads_a_saved_checkpoint(tiny, tmp_path):
+    model, tok = tiny
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    loaded = TransformersBackend.from_pretrained(str(tmp_path), dtype=torch.float32)
+    p = SamplingParams(max_new_tokens=6, temperature=0.9)
+    assert loaded.generate([conv("hi")], p, seeds=[4]) == TransformersBackend(model, tok).generate([conv("hi")], p, seeds=[4])
+    assert loaded.model_id == str(tmp_path)
+    with pytest.raises(OSError, match="smollm2"):
+        TransformersBackend.from_pretrained(str(tmp_path / "missing"))
+
+
 def test_registry_builds_the_transformers_backend(tiny):
     b = BACKENDS.make("transformers", model=tiny[0], tokenizer=tiny[1], batch_size=4)
     assert isinstance(b, TransformersBackend) and b.batch_size == 4

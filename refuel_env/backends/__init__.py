@@ -46,5 +46,10 @@ def make_backend(spec: Any, backend: str = "transformers", shared: bool = False,
     return out
 
 
-__all__ = ["BackendBase", "BackendError", "Generation", "TransformersBackend", "OpenAIBackend", "VLLMBackend",
+def clear_shared_backends() -> None:
+    """Forget the back ends that ``make_backend(..., shared=True)`` keeps (frees their models)."""
+    _SHARED.clear()
+
+
+__all__ = ["clear_shared_backends", "BackendBase", "BackendError", "Generation", "TransformersBackend", "OpenAIBackend", "VLLMBackend",
            "make_backend"]

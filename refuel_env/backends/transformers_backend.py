@@ -20,6 +20,7 @@ torch and transformers are imported when a back end is built, not when this modu
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any, Sequence
 
@@ -99,11 +100,24 @@ class _StopStrings:
         return done
 
 
+@contextlib.contextmanager
+def _eval_mode(model):
+    """Eval mode (no dropout) for the duration of a call; a model being trained goes back to train mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        if was_training:
+            model.train()
+
+
 class TransformersBackend(BackendBase):
     """Text generation with a Hugging Face causal LM.
 
     Args:
-        model: a ``transformers`` causal LM (``AutoModelForCausalLM``), put in eval mode.
+        model: a ``transformers`` causal LM (``AutoModelForCausalLM``); it runs in eval mode during
+            each call and goes back to train mode afterwards if it was training (a policy being trained).
         tokenizer: its tokenizer; it must have a chat template.
         device: where to run (``"cpu"``, ``"cuda"``, ...); the model is moved there. Default: where it is.
         batch_size: rows per ``generate`` call; ``None`` = the whole batch in one call.
@@ -127,7 +141,6 @@ class TransformersBackend(BackendBase):
         self.model, self.tokenizer = model, tokenizer
         if device is not None:
             self.model.to(device)
-        self.model.eval()
         self.batch_size = None if batch_size is None else int(batch_size)
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self.truncate_prompt = bool(truncate_prompt)
@@ -259,7 +272,7 @@ class TransformersBackend(BackendBase):
             eos_token_id=list(self.stop_token_ids), pad_token_id=self.pad_token_id,
             temperature=1.0, top_p=1.0, top_k=50, repetition_penalty=1.0)
         stopper = _StopStrings(self.tokenizer, params.stop, width, len(prompts)) if params.stop else None
-        with torch.no_grad():
+        with torch.no_grad(), _eval_mode(self.model):
             seq = self.model.generate(
                 input_ids=ids, attention_mask=mask, generation_config=config,
                 logits_processor=LogitsProcessorList([_RowSampler(seeds, params.temperature, params.top_p)]),
@@ -306,7 +319,7 @@ class TransformersBackend(BackendBase):
         for chunk in self._chunks(len(convs), [len(p) for p in prompts]):
             ids, mask = self._pad_left([prompts[i] for i in chunk])
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
-            with torch.no_grad():
+            with torch.no_grad(), _eval_mode(self.model):
                 try:
                     logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1]
                 except TypeError:

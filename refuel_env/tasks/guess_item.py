@@ -68,6 +68,7 @@ TOO_MANY = "Please ask about one attribute at a time."
 FINAL = "Now please make your final guess."
 WRONG = "No, it is not a {item}."
 RIGHT = "Yes! It is a {item}. You got it."
+POSSIBLE = "Still possible: {items}."
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,10 @@ class GuessItemTask:
         max_turns: H_max, the longest horizon.
         noise: probability that the user answers an attribute question wrongly.
         phrasing: ``"varied"`` (answers drawn from several phrasings) or ``"fixed"``.
+        reveal_candidates: the user ends each answer with the animals still consistent with its answers
+            ("Still possible: shark, whale."), as a game host would. Planning still decides the score
+            (which question halves the list, and not guessing before the last turn), but the final guess
+            needs no inference from the answers, which a small model learns only slowly.
         eval_fraction: share of (item, horizon) episodes held out for evaluation: ``new_episode(split="eval")``
             draws items from the held-out part of the seed space, so train and eval dialogues differ.
     """
@@ -92,7 +97,8 @@ class GuessItemTask:
     default_user = "scripted"
     default_judge = "rule"
 
-    def __init__(self, n_items: int = 8, max_turns: int = 4, noise: float = 0.0, phrasing: str = "varied"):
+    def __init__(self, n_items: int = 8, max_turns: int = 4, noise: float = 0.0, phrasing: str = "varied",
+                 reveal_candidates: bool = True):
         if not 2 <= n_items <= len(CATALOGUE):
             raise ValueError(f"n_items must be in 2..{len(CATALOGUE)}, got {n_items}")
         if max_turns < 1:
@@ -102,6 +108,7 @@ class GuessItemTask:
         if phrasing not in ("varied", "fixed"):
             raise ValueError(f"phrasing must be 'varied' or 'fixed', got {phrasing!r}")
         self.n_items, self.max_turns, self.noise, self.phrasing = n_items, max_turns, noise, phrasing
+        self.reveal_candidates = bool(reveal_candidates)
         self.items: tuple[str, ...] = tuple(list(CATALOGUE)[:n_items])
         self.table = np.array([CATALOGUE[i] for i in self.items], dtype=bool)  # [items, attributes]
         self._item_re = re.compile(r"\b(" + "|".join(sorted(CATALOGUE, key=len, reverse=True)) + r")s?\b")
@@ -187,6 +194,19 @@ class GuessItemTask:
         p = np.exp(logp - logp.max())
         return p / p.sum()
 
+    def candidates(self, facts: Sequence) -> list[str]:
+        """Items consistent with every answer given (all not-yet-excluded items if the answers contradict)."""
+        col = {a: i for i, a in enumerate(ATTRIBUTE_NAMES)}
+        ok = np.ones(self.n_items, dtype=bool)
+        for kind, key, value in facts:
+            if kind == "attr":
+                ok &= self.table[:, col[key]] == bool(value)
+            elif kind == "guess" and not value and key in self.items:
+                ok[self.items.index(key)] = False
+        if not ok.any():
+            ok = np.array([not any(k == "guess" and key == it for k, key, _ in facts) for it in self.items])
+        return [it for it, o in zip(self.items, ok) if o]
+
     # ----------------------------------------------------------------- components
     def make_scripted_user(self, **kwargs) -> "GuessItemUser":
         return GuessItemUser(self, **kwargs)
@@ -225,6 +245,8 @@ class GuessItemUser:
                 text = self._pick(s.user_rng, YES if said else NO)
             else:
                 text = TOO_MANY if p.kind == "too_many" else UNCLEAR
+            if not end and self.task.reveal_candidates and p.kind in ("guess", "question"):
+                text = f"{text} {POSSIBLE.format(items=', '.join(self.task.candidates(s.memory['facts'])))}"
             if not end and s.turn == s.horizon - 1:
                 text = f"{text} {FINAL}"
             out.append(UserTurn(text, end=end, cost={"user_calls": 1}))

@@ -4,12 +4,14 @@ They see only what a policy sees (the conversation text) and are batched like a 
 (``act(observations) -> list[str]``). Strategies:
 
 - ``informative``: asks the attribute whose answer is most uncertain (largest expected information
-  gain) and guesses the most probable item on the last turn: the planned behaviour.
+  gain; ties go to the first in attribute order, so its dialogues are canonical) and guesses the
+  most probable item on the last turn: the planned behaviour.
 - ``myopic``: guesses a not-yet-guessed item on every turn.
 - ``uninformative``: asks random attribute questions (often repeated or useless), then guesses the
   most probable item.
-- ``demonstrator``: informative with probability ``1 - epsilon``, a random unasked attribute otherwise;
-  competent but not optimal. Its dialogues are the supervised data of the reference policy pi_0.
+- ``demonstrator``: informative, but on each question turn it guesses prematurely (its best guess so
+  far) with probability ``epsilon``: competent but impatient, a planning flaw that only multi-turn
+  credit assignment can fix. Its dialogues are the supervised data of the reference policy pi_0.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ class ScriptedQuestioner:
         options = (f"Is it a {item}?", f"My guess is {item}.", f"I think it is a {item}.")
         return options[0] if self.phrasing == "fixed" else options[int(self.rng.integers(len(options)))]
 
-    def _best_guess(self, post: np.ndarray) -> str:
+    def _best_guess(self, post: np.ndarray, exclude=()) -> str:
+        post = np.where([i in exclude for i in self.task.items], 0.0, post) if exclude else post
         best = np.flatnonzero(post >= post.max() - 1e-12)
         return self.task.items[int(self.rng.choice(best))]
 
@@ -64,7 +67,7 @@ class ScriptedQuestioner:
         if not gains or max(gains.values()) <= 1e-9:
             return None
         top = max(gains.values())
-        return str(self.rng.choice([a for a, g in gains.items() if g >= top - 1e-9]))
+        return next(a for a, g in gains.items() if g >= top - 1e-9)  # ties: the first in attribute order
 
     def act_one(self, messages) -> str:
         facts = self.task.facts_from_messages(messages)
@@ -81,8 +84,7 @@ class ScriptedQuestioner:
         if self.strategy == "uninformative":
             return self._question(str(self.rng.choice(ATTRIBUTE_NAMES)))
         if self.strategy == "demonstrator" and self.rng.random() < self.epsilon:
-            unasked = [a for a in ATTRIBUTE_NAMES if a not in asked] or list(ATTRIBUTE_NAMES)
-            return self._question(str(self.rng.choice(unasked)))
+            return self._guess(self._best_guess(post))
         attr = self._most_informative(post, asked)
         return self._guess(self._best_guess(post)) if attr is None else self._question(attr)
 

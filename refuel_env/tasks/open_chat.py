@@ -49,6 +49,15 @@ from ..types import Conversation, SamplingParams
 BUILTIN_FILE = "open_chat_prompts.txt"
 HH_DATASET = "trl-internal-testing/hh-rlhf-trl-style"
 ULTRAINTERACT_DATASET = "openbmb/UltraInteract_pair"
+PAPER_TASK_KWARGS = {
+    "prompts": "ultrainteract", "max_turns": 5, "backend": "vllm",
+    "user_model": "meta-llama/Meta-Llama-3.1-70B-Instruct", "user_params": {"max_new_tokens": 1024, "temperature": 0.8},
+    "judge": "reward-model", "reward_model": "RLHFlow/ArmoRM-Llama3-8B-v0.1", "trust_remote_code": True,
+}
+"""The paper's open-chat configuration (user Llama-3.1-70B-Instruct on vLLM, ArmoRM judge, UltraInteract
+prompts, H_max = 5): ``gym.make("RefuelChat-v0", task_kwargs=PAPER_TASK_KWARGS)``. Needs GPUs, the hub,
+and the explicit ``trust_remote_code=True`` that ArmoRM's custom code requires. (The paper's policy,
+Llama-3-8B-Instruct, is the agent's business.)"""
 PAPER_MAX_TURNS = 5
 PAPER_MAX_PROMPT_TOKENS = 128
 ULTRAINTERACT_EVAL = 500

@@ -63,9 +63,15 @@ def swapped(messages: Conversation, system: str = SWAP_SYSTEM_PROMPT) -> Convers
 
 
 def parse_question(text: str) -> str:
-    """The text after the last ``Question:`` (the reference code's parsing), else the whole text."""
+    """The text after the last ``Question:`` (the reference code's parsing), else the whole text.
+
+    A model that goes on writing the transcript (``"\n### assistant: ..."``) is cut there first.
+    """
+    text = text.split("\n###", 1)[0]
     parts = re.split(r"(?i)question\s*:", text)
-    return (parts[-1] if len(parts) > 1 else text).strip()
+    if len(parts) > 1:
+        return parts[-1].strip()
+    return re.sub(r"(?i)^\s*justification\s*:\s*", "", text).strip()
 
 
 class LLMUser:

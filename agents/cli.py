@@ -1,0 +1,264 @@
+"""The ``refuel`` command: ``refuel bench``, ``refuel train``, ``refuel eval``, ``refuel list``.
+
+    refuel bench --preset quick --out runs/quick
+    refuel bench --config bench.toml --agents refuel,ppo,my-agent --import my_agents.py --out runs/mine
+    refuel train --agent refuel --iterations 20 --out runs/refuel --set agent_options.lr=1e-4
+    refuel eval --checkpoint runs/refuel/checkpoints/final --out runs/refuel/eval
+
+Configuration: a preset (``--preset``), then a JSON/TOML/YAML file (``--config``), then flags, then
+``--set key=value`` (dotted keys of :class:`agents.config.ExperimentConfig`; values parsed as JSON).
+"""
+
+from __future__ import annotations
+
+import os
+
+# OpenMP threads that spin while they wait make torch 10-20x slower on a CPU shared with other work (measured on
+# a 2-core machine); passive waiting costs nothing measurable when the CPU is free. Must be set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import importlib  # noqa: E402
+import importlib.util  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from .config import (DEFAULT_ROWS, PRESETS, STANDARD_ROWS, ExperimentConfig, agent_spec,  # noqa: E402
+                     apply_overrides, from_dict, parse_value, preset, read_config_file)
+
+
+def import_plugin(spec: str) -> None:
+    """Import a module by name or a .py file by path (to register custom agents, tasks, judges ...)."""
+    path = Path(spec)
+    if spec.endswith(".py") or path.exists():
+        if not path.exists():
+            raise FileNotFoundError(f"--import {spec}: no such file")
+        name = f"refuel_plugin_{path.stem}"
+        if name in sys.modules and getattr(sys.modules[name], "__file__", None) == str(path.resolve()):
+            return  # already imported (its registrations stand)
+        mod_spec = importlib.util.spec_from_file_location(name, path.resolve())
+        module = importlib.util.module_from_spec(mod_spec)
+        sys.modules[name] = module
+        mod_spec.loader.exec_module(module)
+    else:
+        importlib.import_module(spec)
+
+
+def build_config(args) -> ExperimentConfig:
+    base = preset(args.preset) if args.preset else None
+    if args.config:
+        cfg = from_dict(read_config_file(args.config), base)
+    else:
+        cfg = base or preset("default")
+    flags = {}
+    for key, attr in (("agents", "agents"), ("seeds", "seeds"), ("iterations", "iterations"),
+                      ("pairs_per_iteration", "pairs_per_iteration"), ("threads", "threads"),
+                      ("eval.n_dialogues", "eval_dialogues"), ("eval.seed", "eval_seed")):
+        v = getattr(args, attr, None)
+        if v is not None:
+            flags[key] = v
+    for item in args.set or []:
+        if "=" not in item:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        flags[k.strip()] = parse_value(v)
+    return apply_overrides(cfg, flags) if flags else cfg
+
+
+def check_agents(cfg: ExperimentConfig) -> None:
+    from . import dpo, ppo, rebel, refuel  # noqa: F401
+    from .base import AGENTS
+
+    for spec in cfg.agents:
+        if spec.agent != "pi_0" and spec.agent not in AGENTS:
+            raise KeyError(f"unknown agent {spec.agent!r} (row {spec.label!r}); registered: {', '.join(AGENTS.names())}; "
+                           f"standard rows: {', '.join(STANDARD_ROWS)}. Register your own with "
+                           "@agents.base.register_agent(name) and load it with --import MODULE_OR_FILE")
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", choices=sorted(PRESETS), help="start from a preset (default: 'default')")
+    p.add_argument("--config", help="a JSON, TOML or YAML file of ExperimentConfig fields (on top of the preset)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config field by dotted key, e.g. --set eval.n_dialogues=128 (repeatable)")
+    p.add_argument("--import", dest="imports", action="append", metavar="MODULE_OR_FILE",
+                   help="import a module or .py file first (to register custom agents); repeatable")
+    p.add_argument("--iterations", type=int)
+    p.add_argument("--pairs-per-iteration", type=int)
+    p.add_argument("--threads", type=int, help="torch threads")
+    p.add_argument("--eval-dialogues", type=int, help="held-out dialogues of the final evaluation")
+    p.add_argument("--eval-seed", type=int)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="refuel", description="refuel-env: train and compare multi-turn RL agents")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("bench", help="train every agent on identical envs, seeds and budgets; write a report")
+    add_common(b)
+    b.add_argument("--out", help="output directory (re-running with the same one resumes); default runs/bench-PRESET")
+    b.add_argument("--agents", help=f"comma-separated rows or registered agents (default {','.join(DEFAULT_ROWS)})")
+    b.add_argument("--seeds", help="comma-separated training seeds")
+    b.add_argument("--no-retry-failed", action="store_true", help="keep failed units of an earlier run as failed")
+    b.add_argument("--dry-run", action="store_true", help="print the resolved configuration and exit")
+
+    t = sub.add_parser("train", help="train one agent (metrics.jsonl, TensorBoard, checkpoints; resumes)")
+    add_common(t)
+    t.add_argument("--out", required=True, help="run directory")
+    t.add_argument("--agent", default="refuel", help="a standard row or a registered agent (default refuel)")
+    t.add_argument("--seed", type=int, help="training seed (default: the config's first seed)")
+    t.add_argument("--eval-every", type=int, help="evaluate every N iterations (default eval.curve_every)")
+    t.add_argument("--no-resume", action="store_true", help="start over even if OUT has a checkpoint")
+
+    e = sub.add_parser("eval", help="per-turn win rate of a checkpoint against pi_0")
+    add_common(e)
+    e.add_argument("--checkpoint", required=True, help="a trainer/agent checkpoint directory or a Hugging Face model directory")
+    e.add_argument("--out", help="write eval.json and eval.md here")
+
+    sub.add_parser("list", help="presets, standard rows and registered agents")
+    return ap
+
+
+# ---------------------------------------------------------------------------------------------- commands
+def cmd_bench(args, cfg: ExperimentConfig) -> int:
+    from .bench import run_bench
+    from .report import print_summary
+
+    out = Path(args.out or f"runs/bench-{cfg.preset or 'custom'}")
+    if args.dry_run:
+        print(json.dumps(cfg.to_dict(), indent=2))
+        return 0
+    print(f"[bench] {len(cfg.agents)} rows x {len(cfg.seeds)} seeds, {cfg.iterations} iterations each; output in {out}")
+    results = run_bench(cfg, out, progress=not args.no_progress, retry_failed=not args.no_retry_failed)
+    print_summary(results)
+    print(f"\n[bench] report: {out / 'report.md'}  results: {out / 'results.json'}")
+    return 1 if any(r["status"] == "failed" for r in results["rows"]) else 0
+
+
+def _setup(cfg: ExperimentConfig):
+    import torch
+
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    env = cfg.env.make()
+    ref = cfg.policy.load(cfg.env, name="pi_0")
+    ref.model.requires_grad_(False)
+    ref.temperature = float(cfg.agent_options.get("temperature", ref.temperature))
+    ref.max_new_tokens = int(cfg.agent_options.get("max_new_tokens", ref.max_new_tokens))
+    return env, ref
+
+
+def _print_eval(res, title: str) -> str:
+    lines = [f"{title}", "", "| turn h | win rate vs pi_0 [95% CI] | judge score | pi_0 judge score |", "|---|---|---|---|"]
+    for h, w, ci, s, r in zip(res.turns, res.win_rate, res.win_ci, res.score, res.reference_score):
+        lines.append(f"| {h} | {100 * w:.1f} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}] | {s:.3f} | {r:.3f} |")
+    text = "\n".join(lines)
+    print(text)
+    return text
+
+
+def cmd_train(args, cfg: ExperimentConfig) -> int:
+    from .base import make_agent
+    from .config import agent_kwargs
+    from .evaluate import Evaluator
+    from .trainer import train
+
+    spec = cfg.agents[0]
+    seed = cfg.seeds[0] if args.seed is None else args.seed
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps({"agent": spec.label, "seed": seed, "config": cfg.to_dict()}, indent=2))
+    env, ref = _setup(cfg)
+    agent = make_agent(spec.agent, policy=cfg.policy.load(cfg.env, name=spec.label), ref_policy=ref,
+                       **agent_kwargs(cfg, spec, seed))
+    e = cfg.eval
+    every = e.curve_every if args.eval_every is None else args.eval_every
+    curve = Evaluator(env, ref, e.curve_n_dialogues, e.seed + 1, e.temperature, 0, 200)
+    res = train(agent, env, cfg.iterations, eval_every=every, out=out, eval_fn=curve,
+                checkpoint_every=cfg.checkpoint_every, resume=not args.no_resume, progress=not args.no_progress)
+    final = Evaluator(env, ref, e.n_dialogues, e.seed, e.temperature, e.examples, e.bootstrap)(agent.policy)
+    (out / "eval.json").write_text(json.dumps({"budget": res.budget, "eval": final.to_dict()}, indent=2))
+    text = _print_eval(final, f"{spec.label} (seed {seed}) after {agent.iteration} iterations, "
+                              f"{res.budget['dialogues']} dialogues, {res.budget['tokens_generated']} tokens generated")
+    (out / "eval.md").write_text(text + "\n")
+    print(f"[train] final checkpoint: {res.checkpoint}")
+    return 0
+
+
+def load_checkpoint_policy(path: str | Path):
+    from .policy import Policy
+
+    path = Path(path)
+    model_dir = path / "policy" if (path / "policy" / "config.json").exists() else path
+    if not (model_dir / "config.json").exists():
+        raise FileNotFoundError(f"{path} holds neither an agent checkpoint (policy/config.json) nor a Hugging Face "
+                                "model (config.json)")
+    policy = Policy.from_pretrained(str(model_dir), name=path.name)
+    meta = path / "agent_config.json"
+    if meta.exists():
+        m = json.loads(meta.read_text())
+        policy.temperature = float(m.get("temperature", policy.temperature))
+        policy.max_new_tokens = int(m.get("max_new_tokens", policy.max_new_tokens))
+    return policy
+
+
+def cmd_eval(args, cfg: ExperimentConfig) -> int:
+    from .evaluate import Evaluator
+
+    env, ref = _setup(cfg)
+    policy = load_checkpoint_policy(args.checkpoint)
+    if "temperature" in cfg.agent_options and not (Path(args.checkpoint) / "agent_config.json").exists():
+        policy.temperature = float(cfg.agent_options["temperature"])
+    e = cfg.eval
+    res = Evaluator(env, ref, e.n_dialogues, e.seed, e.temperature, e.examples, e.bootstrap)(policy)
+    text = _print_eval(res, f"{args.checkpoint}: {res.n_dialogues} held-out dialogues, temperature {res.temperature}")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "eval.json").write_text(json.dumps({"checkpoint": str(args.checkpoint), "config": cfg.to_dict(),
+                                                   "eval": res.to_dict()}, indent=2))
+        (out / "eval.md").write_text(text + "\n")
+    return 0
+
+
+def cmd_list(args, cfg=None) -> int:
+    from . import dpo, ppo, rebel, refuel  # noqa: F401
+    from .base import AGENTS
+
+    print("presets:", ", ".join(PRESETS))
+    print("standard rows:", ", ".join(f"{k} ({v.agent}{' ' + json.dumps(v.options) if v.options else ''})"
+                                      for k, v in STANDARD_ROWS.items()))
+    print("registered agents:", ", ".join(AGENTS.names()))
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    cfg = None
+    try:  # configuration errors: one clear line, exit status 2
+        for mod in getattr(args, "imports", None) or []:
+            import_plugin(mod)
+        if args.command != "list":
+            cfg = build_config(args)
+            if args.command == "train":
+                spec = agent_spec(args.agent)
+                if spec.agent == "pi_0":
+                    raise ValueError("pi_0 is the untrained reference; pick an agent to train (refuel, rebel, dpo, ppo, ...)")
+                cfg.agents = [spec]
+            if args.command in ("bench", "train"):
+                check_agents(cfg)
+    except (KeyError, ValueError, TypeError, FileNotFoundError, ImportError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"refuel {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    try:
+        return {"bench": cmd_bench, "train": cmd_train, "eval": cmd_eval, "list": cmd_list}[args.command](args, cfg)
+    except KeyboardInterrupt:
+        print("\n[refuel] interrupted; run the same command again to resume from what finished", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
