@@ -147,8 +147,8 @@ class Bench:
                 agent = make_agent(spec.agent, policy=policy, ref_policy=self.reference, **kwargs)
                 curve_every = cfg.eval.curve_every if cfg.eval.curve_every and cfg.eval.curve_n_dialogues else 0
                 tr = train(agent, self.env, cfg.iterations, eval_every=curve_every, out=run_dir,
-                           eval_fn=self.curve_evaluator, checkpoint_every=cfg.checkpoint_every, resume=True,
-                           progress=self.progress, desc=name, log=self.log)
+                           eval_fn=lambda ag: self.curve_evaluator(ag.policy), checkpoint_every=cfg.checkpoint_every,
+                           resume=True, progress=self.progress, desc=name, log=self.log)
                 keys = ("iteration", "dialogues", "tokens_generated", "examples", "wall_seconds", "loss",
                         "batch/mean_return", "eval/score", "eval/win_rate")
                 rec.update(budget=tr.budget, resumed_from=tr.resumed_from, iterations_run=tr.iterations_run,

@@ -21,6 +21,7 @@ import argparse  # noqa: E402
 import importlib  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -176,7 +177,7 @@ def cmd_train(args, cfg: ExperimentConfig) -> int:
     e = cfg.eval
     every = e.curve_every if args.eval_every is None else args.eval_every
     curve = Evaluator(env, ref, e.curve_n_dialogues, e.seed + 1, e.temperature, 0, 200)
-    res = train(agent, env, cfg.iterations, eval_every=every, out=out, eval_fn=curve,
+    res = train(agent, env, cfg.iterations, eval_every=every, out=out, eval_fn=lambda ag: curve(ag.policy),
                 checkpoint_every=cfg.checkpoint_every, resume=not args.no_resume, progress=not args.no_progress)
     final = Evaluator(env, ref, e.n_dialogues, e.seed, e.temperature, e.examples, e.bootstrap)(agent.policy)
     (out / "eval.json").write_text(json.dumps({"budget": res.budget, "eval": final.to_dict()}, indent=2))
@@ -253,11 +254,22 @@ def main(argv=None) -> int:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"refuel {args.command}: error: {msg}", file=sys.stderr)
         return 2
+
+    def terminated(signum, frame):  # `kill` stops a run the way Ctrl-C does: finished work is kept, re-run resumes
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, terminated)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
     try:
         return {"bench": cmd_bench, "train": cmd_train, "eval": cmd_eval, "list": cmd_list}[args.command](args, cfg)
     except KeyboardInterrupt:
         print("\n[refuel] interrupted; run the same command again to resume from what finished", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -241,7 +241,8 @@ def preset(name: str) -> ExperimentConfig:
 
 # ---------------------------------------------------------------------------------------------- files
 def read_config_file(path: str | Path) -> dict:
-    """A config file as a dict: ``.json``, ``.toml`` (tomllib) or ``.yaml``/``.yml`` (PyYAML)."""
+    """A config file as a dict: ``.json``, ``.toml`` (tomllib; tomli on Python 3.10) or ``.yaml``/``.yml``
+    (PyYAML, installed with transformers)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"config file {path} does not exist")
@@ -250,8 +251,14 @@ def read_config_file(path: str | Path) -> dict:
     if suffix == ".json":
         return json.loads(text)
     if suffix == ".toml":
-        import tomllib
-
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10
+            try:
+                import tomli as tomllib
+            except ImportError:
+                raise ImportError("reading .toml configs on Python 3.10 needs `pip install tomli`; or use a .json "
+                                  "config") from None
         return tomllib.loads(text)
     if suffix in (".yaml", ".yml"):
         import yaml

@@ -220,6 +220,9 @@ class Evaluator:
         return self._ref_cache[key]
 
     def __call__(self, policy: Any) -> EvalResult:
+        """Evaluate a Policy (or an agent's policy: an object with a ``policy`` attribute holding one)."""
+        if not isinstance(policy, Policy) and isinstance(getattr(policy, "policy", None), Policy):
+            policy = policy.policy  # an agent: its own act() would draw on (and advance) the agent's random state
         temp = self._temp(policy)
         ref = self.reference_rollouts(temp)
         mine = ref if policy is self.reference else rollout(policy, self.env, self.n, self.seed, temp, self.horizon)

@@ -113,6 +113,7 @@ class PairAgent(Agent):
         n = len(batch)
         if n == 0:
             self.skipped["empty_batches"] += 1
+            self.iteration += 1
             return {"loss": float("nan"), "pairs": 0, "skipped_empty_batches": self.skipped["empty_batches"]}
         d = batch.data
         self.policy.model.train()

@@ -131,6 +131,7 @@ class PPOAgent(Agent):
         n, c, d = len(batch), self.config, batch.data
         if n == 0:
             self.skipped["empty_batches"] += 1
+            self.iteration += 1
             return {"loss": float("nan"), "skipped_empty_batches": self.skipped["empty_batches"]}
         self.policy.model.train()
         logs = {"loss": [], "pg_loss": [], "vf_loss": [], "clipfrac": [], "approx_kl": []}

@@ -44,15 +44,15 @@ class ReferenceConfig:
     max_turns: int = 4
     noise: float = 0.0
     vocab_size: int = 640
-    hidden_size: int = 64
+    hidden_size: int = 96
     num_layers: int = 2
     num_heads: int = 4
     n_dialogues: int = 1000
     epsilon: float = 0.3  # probability that the demonstrator guesses prematurely on a question turn
     demo_phrasing: str = "fixed"  # the demonstrator's own wording ("fixed" or "varied"); the user's stays varied
-    epochs: int = 6
-    lr: float = 5e-3
-    batch_size: int = 32
+    epochs: int = 20  # small batches, many steps: in-context copying only emerges after ~2000 steps
+    lr: float = 2e-3
+    batch_size: int = 8
     seed: int = 0
 
     def key(self) -> str:
@@ -108,7 +108,9 @@ def sft(policy: Policy, dialogues, epochs: int, lr: float, batch_size: int, seed
     opt = torch.optim.AdamW(policy.model.parameters(), lr=lr, weight_decay=0.0)
     n = enc.input_ids.shape[0]
     steps = epochs * math.ceil(n / batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    # one-cycle schedule; too few steps for a warm-up phase: constant learning rate
+    sched = (torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1) if steps >= 20
+             else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
     policy.model.train()
     losses = []
     for ep in range(epochs):
@@ -162,7 +164,7 @@ def reference_policy(cfg: ReferenceConfig | None = None, cache: Path | str | Non
             os.replace(tmp, path)
         except OSError:  # another process cached it first
             pass
-    return Policy.from_pretrained(str(path), name="pi_0", **policy_kwargs)
+    return Policy.from_pretrained(str(path), **{"name": "pi_0", **policy_kwargs})
 
 
 def untrained_policy(n_items: int = 8, hidden_size: int = 32, num_layers: int = 2, seed: int = 0,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -240,9 +241,12 @@ def write_report(results: dict, out: str | Path) -> dict[str, Path]:
     tmp = paths["results"].with_suffix(".json.tmp")
     tmp.write_text(json.dumps(json_clean(results), indent=2, default=str, allow_nan=False))
     os.replace(tmp, paths["results"])
-    plot_learning_curves(results, paths["learning_curves"])
-    plot_win_rates(results, paths["win_rates"])
     paths["report"].write_text(markdown_report(results))
+    for key, plot in (("learning_curves", plot_learning_curves), ("win_rates", plot_win_rates)):
+        try:
+            plot(results, paths[key])
+        except Exception as e:  # a broken plot must not cost the tables
+            warnings.warn(f"could not draw {paths[key].name}: {e!r}")
     return paths
 
 

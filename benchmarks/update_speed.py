@@ -1,6 +1,6 @@
 """Seconds per update step of every agent and of TRL's ``DPOTrainer``, on the same model and the same pairs.
 
-    python benchmarks/update_speed.py                    # the default pi_0, 128 pairs, minibatch 8
+    python benchmarks/update_speed.py                    # the default pi_0, 256 pairs (about 55 without ties)
     python benchmarks/update_speed.py --reference tiny --pairs 64 --minibatch 16
 
 One batch of pairs is collected once (pi_0's last-turn pairs; ties dropped so that DPO and TRL see the
@@ -124,7 +124,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reference", choices=["tiny", "default"], default="default",
                     help="pi_0: the library default (cached; built on first use) or a tiny one")
-    ap.add_argument("--pairs", type=int, default=128, help="pairs collected (before ties are dropped)")
+    ap.add_argument("--pairs", type=int, default=256, help="pairs collected (before ties are dropped)")
     ap.add_argument("--minibatch", type=int, default=8, help="pairs per optimiser step")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--threads", type=int, default=2)

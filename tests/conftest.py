@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its thread pool
+
 import pytest
 import torch
 
@@ -48,10 +50,3 @@ def tiny_reference(tiny_reference_config, reference_cache):
 
     return reference_policy(tiny_reference_config, cache=reference_cache, log=lambda *a: None)
 
-
-@pytest.fixture(scope="session")
-def learning_reference(reference_cache):
-    """The library's default pi_0 (agents.reference.ReferenceConfig()), built once per session."""
-    from agents.reference import ReferenceConfig, reference_policy
-
-    return reference_policy(ReferenceConfig(), cache=reference_cache, log=lambda *a: None)

@@ -78,6 +78,9 @@ def test_bench_report_failed_row_and_resume(tiny_cfg, tmp_path):
         for w, (lo, hi) in zip(row["win_rate"], row["win_ci"]):
             assert 0 <= lo <= w <= hi <= 1
         assert row["reference_score"] == rows["pi_0"]["score"]  # every row faces the same pi_0 dialogues
+        # the learning curve starts at pi_0 itself: at iteration 0 every row plays pi_0's very dialogues
+        assert unit["curve"][0]["iteration"] == 0 and unit["curve"][0]["eval/win_rate"] == 0.5
+        assert unit["curve"][-1]["iteration"] == 1 and unit["curve"][-1]["dialogues"] == row["budget"]["dialogues"]
     # equal budgets: 4 pairs cost at most 8 dialogues; PPO samples exactly 8
     assert rows["ppo"]["budget"]["dialogues"] == 8 >= rows["refuel"]["budget"]["dialogues"]
     assert rows["crash-test"]["status"] == "failed" and "boom" in rows["crash-test"]["errors"][0]

@@ -79,6 +79,19 @@ def test_evaluation_leaves_policy_and_random_state_untouched(env, tiny_reference
     assert again.wins == res.wins and again.scores == res.scores
 
 
+def test_an_agent_is_evaluated_through_its_policy_without_touching_its_randomness(env, tiny_reference):
+    from agents.base import make_agent
+
+    policy = tiny_reference.clone("p")
+    policy.model.requires_grad_(True)
+    agent = make_agent("refuel", policy=policy, ref_policy=tiny_reference, seed=3)
+    state = agent.rng.bit_generator.state
+    ev = Evaluator(env, tiny_reference, n_dialogues=6, seed=2)
+    assert ev(agent).wins == ev(agent.policy).wins
+    assert ev(agent).win_rate == [0.5] * 4  # untrained: the very dialogues of pi_0
+    assert agent.rng.bit_generator.state == state
+
+
 def test_reference_rollouts_are_computed_once(env, tiny_reference):
     ev = Evaluator(env, tiny_reference, n_dialogues=4, seed=0)
     ev(tiny_reference.clone("a"))

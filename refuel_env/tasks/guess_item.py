@@ -89,8 +89,10 @@ class GuessItemTask:
             ("Still possible: shark, whale."), as a game host would. Planning still decides the score
             (which question halves the list, and not guessing before the last turn), but the final guess
             needs no inference from the answers, which a small model learns only slowly.
-        eval_fraction: share of (item, horizon) episodes held out for evaluation: ``new_episode(split="eval")``
-            draws items from the held-out part of the seed space, so train and eval dialogues differ.
+
+    Train and eval episodes (``split``) come from disjoint seed streams of the same distribution (the env
+    seeds them apart): the hidden item and the user's random state differ, but the opening text depends
+    on the horizon alone, so this task has no held-out opening *text*. The open-chat task holds out prompts.
     """
 
     task_id = "guess-item-v0"
