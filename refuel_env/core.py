@@ -229,6 +229,22 @@ class DialogueCore:
                 s.user_rng.bit_generator.state, s.judge_rng.bit_generator.state = urng, jrng
             raise
 
+    def _call(self, component, method: str, batch: list, kind: str, error, fix: str, item: str, what: str) -> list:
+        """One batched call of a user simulator or judge: timed, counted, errors wrapped, count checked."""
+        t0 = time.perf_counter()
+        name = type(component).__name__
+        try:
+            out = getattr(component, method)(batch)
+        except Exception as e:
+            raise error(f"{kind} {name} failed: {e!r}. The env state is unchanged; {fix}") from e
+        self.stats[f"{kind}_seconds"] += time.perf_counter() - t0
+        self.stats[f"{kind}_calls"] += 1
+        if not isinstance(out, list) or len(out) != len(batch):
+            got = len(out) if hasattr(out, "__len__") else repr(out)
+            raise error(f"{kind} {name} returned {got} {what} for {len(batch)} dialogues; {method}() must "
+                        f"return one {item} each (the step was rolled back)")
+        return out
+
     def _step(self, states: Sequence[DialogueState], actions: Sequence[str],
               replies_in: Sequence[UserTurn | None] | None = None) -> list[StepResult]:
         for s, a in zip(states, actions):
@@ -246,34 +262,16 @@ class DialogueCore:
                     replies[i] = r
             cont = [i for i in cont if i not in replies]
         if cont:
-            t0 = time.perf_counter()
-            try:
-                out = self.user.reply([states[i] for i in cont])
-            except Exception as e:
-                raise UserSimulatorError(f"user simulator {type(self.user).__name__} failed: {e!r}. The env state is "
-                                         "unchanged; retry step() with the same action, or fix the simulator") from e
-            self.stats["user_seconds"] += time.perf_counter() - t0
-            self.stats["user_calls"] += 1
-            if not isinstance(out, list) or len(out) != len(cont):
-                raise UserSimulatorError(f"user simulator returned {len(out) if hasattr(out, '__len__') else out!r} "
-                                         f"replies for {len(cont)} dialogues; reply() must return one UserTurn each")
+            out = self._call(self.user, "reply", [states[i] for i in cont], "user", UserSimulatorError,
+                             "retry step() with the same action, or fix the simulator", "UserTurn", "replies")
             bad = [type(r).__name__ for r in out if not isinstance(r, UserTurn)]
             if bad:
                 raise UserSimulatorError(f"user simulator returned {bad[0]} where a UserTurn was expected; reply() must "
                                          "return refuel_env.UserTurn objects (the step was rolled back)")
             replies.update(zip(cont, out))
         # ONE batched judge call, on the dialogues as they stand after the assistant turn
-        t0 = time.perf_counter()
-        try:
-            scores = self.judge.score(list(states))
-        except Exception as e:
-            raise JudgeError(f"judge {type(self.judge).__name__} failed: {e!r}. The env state is unchanged; "
-                             "retry step() or fix the judge") from e
-        self.stats["judge_seconds"] += time.perf_counter() - t0
-        self.stats["judge_calls"] += 1
-        if not isinstance(scores, list) or len(scores) != len(states):
-            raise JudgeError(f"judge returned {len(scores) if hasattr(scores, '__len__') else scores!r} scores for "
-                             f"{len(states)} dialogues; score() must return one JudgeScore each")
+        scores = self._call(self.judge, "score", list(states), "judge", JudgeError, "retry step() or fix the judge",
+                            "JudgeScore", "scores")
         results = []
         for i, (s, js) in enumerate(zip(states, scores)):
             if not isinstance(js, JudgeScore) or not math.isfinite(js.value):
