@@ -13,6 +13,7 @@ random seeds (not reproducible).
 from __future__ import annotations
 
 import hashlib
+import time
 import json
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -135,6 +136,7 @@ class BackendBase:
 
     model_id: str = "unknown"
     name: str = "backend"
+    who: str | None = None  # names the back end in count errors (default: its class name)
 
     def __init__(self) -> None:
         self.stats = {"calls": 0, "rows": 0, "prompt_tokens": 0, "completion_tokens": 0, "seconds": 0.0}
@@ -144,7 +146,22 @@ class BackendBase:
         return [g.text for g in self.generate_with_tokens(conversations, params, seeds)]
 
     def generate_with_tokens(self, conversations: Sequence[Conversation], params: SamplingParams,
-                             seeds: Sequence[int] | None = None) -> list[Generation]:  # pragma: no cover
+                             seeds: Sequence[int] | None = None) -> list[Generation]:
+        """One :class:`Generation` per conversation: inputs checked, seeds drawn if none are given, the
+        number of outputs checked, and the call counted in ``stats``. Back ends implement :meth:`_generate`."""
+        convs = check_conversations(conversations)
+        params = check_params(params)
+        if not convs:
+            return []
+        seeds = check_seeds(seeds, len(convs))
+        t0 = time.perf_counter()
+        gens = self._generate(convs, params, seeds)
+        check_count([g for g in gens if g is not None], len(convs), self.who or type(self).__name__)
+        self._count(gens, time.perf_counter() - t0)
+        return gens
+
+    def _generate(self, convs: list[Conversation], params: SamplingParams,
+                  seeds: list[int]) -> list[Generation]:  # pragma: no cover
         raise NotImplementedError
 
     def _count(self, gens: Sequence[Generation], seconds: float) -> None:

@@ -25,12 +25,11 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Sequence
+from typing import Any
 
 from ..registry import BACKENDS
 from ..types import Conversation, SamplingParams
-from .base import (BackendBase, BackendError, Generation, check_conversations, check_count, check_params,
-                   check_seeds, cut_at_stop)
+from .base import (BackendBase, BackendError, Generation, cut_at_stop)
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 SEED_MODULUS = 2**31 - 1  # llama.cpp and others take 32-bit seeds
@@ -55,6 +54,8 @@ class OpenAIBackend(BackendBase):
         send_seed: send each row's seed (reduced modulo 2**31 - 1).
         extra_body: more fields for every request (e.g. ``{"top_k": 20}`` for vLLM).
     """
+
+    who = "the OpenAI-compatible server"
 
     name = "openai"
 
@@ -160,14 +161,7 @@ class OpenAIBackend(BackendBase):
         return gens
 
     # ------------------------------------------------------------------ protocol
-    def generate_with_tokens(self, conversations: Sequence[Conversation], params: SamplingParams,
-                             seeds: Sequence[int] | None = None) -> list[Generation]:
-        convs = check_conversations(conversations)
-        params = check_params(params)
-        if not convs:
-            return []
-        seeds = check_seeds(seeds, len(convs))
-        t0 = time.perf_counter()
+    def _generate(self, convs: list[Conversation], params: SamplingParams, seeds: list[int]) -> list[Generation]:
         groups: list[list[int]] = []
         if self.group_identical:
             where: dict = {}
@@ -185,8 +179,6 @@ class OpenAIBackend(BackendBase):
         for g, gens in zip(groups, results):
             for i, gen in zip(g, gens):
                 out[i] = gen
-        check_count([o for o in out if o is not None], len(convs), "the OpenAI-compatible server")
-        self._count(out, time.perf_counter() - t0)
         return out
 
 

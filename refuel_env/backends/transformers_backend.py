@@ -28,8 +28,7 @@ import numpy as np
 
 from ..registry import BACKENDS
 from ..types import Conversation, SamplingParams
-from .base import (BackendBase, BackendError, Generation, check_conversations, check_count, check_params,
-                   check_seeds, cut_at_stop)
+from .base import (BackendBase, BackendError, Generation, check_conversations, cut_at_stop)
 
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
 
@@ -242,23 +241,14 @@ class TransformersBackend(BackendBase):
         return [order[k:k + self.batch_size] for k in range(0, n, self.batch_size)]
 
     # ------------------------------------------------------------------ generation
-    def generate_with_tokens(self, conversations: Sequence[Conversation], params: SamplingParams,
-                             seeds: Sequence[int] | None = None) -> list[Generation]:
-        """One :class:`Generation` per conversation (text, sampled token ids, finish reason, token counts)."""
-        convs = check_conversations(conversations)
-        params = check_params(params)
-        if not convs:
-            return []
-        seeds = check_seeds(seeds, len(convs))
-        t0 = time.perf_counter()
+    def _generate(self, convs: list[Conversation], params: SamplingParams, seeds: list[int]) -> list[Generation]:
+        """Text, sampled token ids, finish reason and token counts; chunked by ``batch_size``."""
         prompts = self.encode(convs, int(params.max_new_tokens))
         out: list[Generation | None] = [None] * len(convs)
         for chunk in self._chunks(len(convs), [len(p) for p in prompts]):
             gens = self._generate_chunk([prompts[i] for i in chunk], params, [seeds[i] for i in chunk])
             for i, g in zip(chunk, gens):
                 out[i] = g
-        check_count([g for g in out if g is not None], len(convs), f"{type(self).__name__}")
-        self._count(out, time.perf_counter() - t0)
         return out
 
     def _generate_chunk(self, prompts: list[list[int]], params: SamplingParams, seeds: list[int]) -> list[Generation]:

@@ -7,15 +7,13 @@ with its own ``SamplingParams(seed=...)``, so a row's sample depends on its seed
 
 from __future__ import annotations
 
-import time
 from typing import Any, Sequence
 
 import numpy as np
 
 from ..registry import BACKENDS
 from ..types import Conversation, SamplingParams
-from .base import (BackendBase, BackendError, Generation, check_conversations, check_count, check_params,
-                   check_seeds)
+from .base import (BackendBase, BackendError, Generation, check_conversations, check_count)
 
 MISSING = ("the vLLM back end needs the vllm package, which runs on a CUDA GPU: pip install 'refuel-env[vllm]' "
            "(or pip install vllm) on a CUDA machine. Without a GPU use backend='transformers', or serve a model "
@@ -40,6 +38,8 @@ class VLLMBackend(BackendBase):
         engine_kwargs: other ``vllm.LLM`` arguments (``tensor_parallel_size``, ``gpu_memory_utilization``, ``dtype``...).
     """
 
+    who = "vLLM"
+
     name = "vllm"
 
     def __init__(self, model: Any, trust_remote_code: bool = False, chat_template_kwargs: dict | None = None,
@@ -59,17 +59,9 @@ class VLLMBackend(BackendBase):
                                          max_tokens=int(params.max_new_tokens), seed=int(seed) % (2**63),
                                          stop=list(params.stop) or None, **extra)
 
-    def generate_with_tokens(self, conversations: Sequence[Conversation], params: SamplingParams,
-                             seeds: Sequence[int] | None = None) -> list[Generation]:
-        convs = check_conversations(conversations)
-        params = check_params(params)
-        if not convs:
-            return []
-        seeds = check_seeds(seeds, len(convs))
-        t0 = time.perf_counter()
+    def _generate(self, convs: list[Conversation], params: SamplingParams, seeds: list[int]) -> list[Generation]:
         outs = self.llm.chat(convs, sampling_params=[self._params(params, s) for s in seeds], use_tqdm=False,
                              chat_template_kwargs=self.chat_template_kwargs or None)
-        check_count(outs, len(convs), "vLLM")
         gens = []
         for o in outs:
             if len(o.outputs) != 1:
@@ -79,7 +71,6 @@ class VLLMBackend(BackendBase):
                 "stop_string" if isinstance(getattr(c, "stop_reason", None), str) else "stop")
             gens.append(Generation(text=c.text, token_ids=list(c.token_ids), finish_reason=reason,
                                    prompt_tokens=len(o.prompt_token_ids or []), completion_tokens=len(c.token_ids)))
-        self._count(gens, time.perf_counter() - t0)
         return gens
 
     def next_token_logprobs(self, conversations: Sequence[Conversation], candidates: Sequence[str]) -> np.ndarray:
