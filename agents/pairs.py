@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .base import Agent, AgentConfig, Batch
-from .policy import EncodedTurns, Policy, TemplateError
+from .policy import EncodedTurns, TemplateError
 
 ROLLINS = ("current", "reference", "offline")
 TARGETS = ("relative_future", "last_turn")

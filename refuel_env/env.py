@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import Any
 
 import gymnasium as gym
-import numpy as np
 
 from .core import DialogueCore
 from .spaces import MessageText, observation_space
