@@ -82,14 +82,6 @@ class Policy:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def end_of_turn_ids(self) -> list[int]:
-        ids = {self.tokenizer.eos_token_id}
-        for t in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>"):
-            i = self.tokenizer.convert_tokens_to_ids(t)
-            if isinstance(i, int) and i != self.tokenizer.unk_token_id and i is not None:
-                ids.add(i)
-        return sorted(i for i in ids if i is not None)
-
     # ---------------------------------------------------------------- tokenisation
     def _template(self, messages: Conversation, add_generation_prompt: bool) -> list[int]:
         out = self.tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt)

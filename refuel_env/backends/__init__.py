@@ -46,10 +46,21 @@ def make_backend(spec: Any, backend: str = "transformers", shared: bool = False,
     return out
 
 
+def backend_for(spec: Any, task: Any, role: str, backend: str = "transformers", backend_kwargs: dict | None = None):
+    """The back end of an LLM user or judge: ``spec`` itself if it is an object, a shared back end for a
+    model name, or, when ``spec`` is None, the task's own (``task.make_backend(role)``); None if there is none."""
+    if spec is None:
+        make = getattr(task, "make_backend", None)
+        return make(role) if make is not None else None
+    if isinstance(spec, str):
+        return make_backend(spec, backend=backend, shared=True, **(backend_kwargs or {}))
+    return spec
+
+
 def clear_shared_backends() -> None:
     """Forget the back ends that ``make_backend(..., shared=True)`` keeps (frees their models)."""
     _SHARED.clear()
 
 
-__all__ = ["clear_shared_backends", "BackendBase", "BackendError", "Generation", "TransformersBackend", "OpenAIBackend", "VLLMBackend",
+__all__ = ["backend_for", "clear_shared_backends", "BackendBase", "BackendError", "Generation", "TransformersBackend", "OpenAIBackend", "VLLMBackend",
            "make_backend"]

@@ -73,16 +73,12 @@ class LLMJudge:
             raise ValueError(f"method must be 'auto', 'logprob' or 'generate', got {method!r}")
         if on_parse_error != "raise" and not isinstance(on_parse_error, (int, float)):
             raise ValueError("on_parse_error must be 'raise' or a number")
-        if backend is None:
-            make = getattr(task, "make_backend", None)
-            if make is None:
-                raise ValueError("LLMJudge needs a text-generation back end: pass judge_kwargs={'backend': <back end "
-                                 "or model name, e.g. 'smollm2'>} to the env, or use a task that provides one")
-            backend = make("judge")
-        elif isinstance(backend, str):
-            from ..backends import make_backend
+        from ..backends import backend_for
 
-            backend = make_backend(backend, backend=backend_name, shared=True, **(backend_kwargs or {}))
+        backend = backend_for(backend, task, "judge", backend_name, backend_kwargs)
+        if backend is None:
+            raise ValueError("LLMJudge needs a text-generation back end: pass judge_kwargs={'backend': <back end "
+                             "or model name, e.g. 'smollm2'>} to the env, or use a task that provides one")
         has_lp = hasattr(backend, "next_token_logprobs")
         if method == "logprob" and not has_lp:
             raise ValueError(f"method='logprob' needs a back end with next_token_logprobs; {type(backend).__name__} "

@@ -99,16 +99,12 @@ class LLMUser:
                  backend_name: str = "transformers", backend_kwargs: dict | None = None):
         if format not in ("paper", "swap"):
             raise ValueError(f"format must be 'paper' or 'swap', got {format!r}")
-        if backend is None:
-            make = getattr(task, "make_backend", None)
-            if make is None:
-                raise ValueError("LLMUser needs a text-generation back end: pass user_kwargs={'backend': <back end or "
-                                 "model name, e.g. 'smollm2'>} to the env, or use a task that provides one (open-chat-v0)")
-            backend = make("user")
-        elif isinstance(backend, str):
-            from ..backends import make_backend
+        from ..backends import backend_for
 
-            backend = make_backend(backend, backend=backend_name, shared=True, **(backend_kwargs or {}))
+        backend = backend_for(backend, task, "user", backend_name, backend_kwargs)
+        if backend is None:
+            raise ValueError("LLMUser needs a text-generation back end: pass user_kwargs={'backend': <back end or "
+                             "model name, e.g. 'smollm2'>} to the env, or use a task that provides one (open-chat-v0)")
         if not hasattr(backend, "generate"):
             raise TypeError(f"backend {backend!r} has no generate(conversations, params, seeds) method")
         self.backend, self.task, self.format = backend, task, format
