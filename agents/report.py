@@ -118,6 +118,12 @@ def plot_learning_curves(results: dict, path: Path) -> bool:
     return drawn
 
 
+def _yerr(values: np.ndarray, ci) -> np.ndarray:
+    """Matplotlib error bars (below, above) from [low, high] intervals."""
+    ci = np.asarray(ci, dtype=float)
+    return np.vstack([values - ci[:, 0], ci[:, 1] - values]).clip(min=0)
+
+
 def plot_win_rates(results: dict, path: Path) -> bool:
     """Per-turn win rate against pi_0 with 95% CIs, and mean judge score per turn."""
     import matplotlib
@@ -132,12 +138,9 @@ def plot_win_rates(results: dict, path: Path) -> bool:
     for i, row in enumerate(rows):
         x = turns + (i - (len(rows) - 1) / 2) * width
         w = np.asarray(row["win_rate"])
-        ci = np.asarray(row["win_ci"], dtype=float)
-        err = np.vstack([w - ci[:, 0], ci[:, 1] - w]).clip(min=0)
-        a1.bar(x, w, width=width, yerr=err, capsize=2, color=f"C{i % 10}", label=row["label"])
+        a1.bar(x, w, width=width, yerr=_yerr(w, row["win_ci"]), capsize=2, color=f"C{i % 10}", label=row["label"])
         s = np.asarray(row["score"])
-        sci = np.asarray(row["score_ci"], dtype=float)
-        a2.errorbar(turns, s, yerr=np.vstack([s - sci[:, 0], sci[:, 1] - s]).clip(min=0), marker="o", capsize=3,
+        a2.errorbar(turns, s, yerr=_yerr(s, row["score_ci"]), marker="o", capsize=3,
                     color=f"C{i % 10}", label=row["label"])
     a1.axhline(0.5, color="k", ls="--", lw=1)
     a1.set_xticks(turns)
