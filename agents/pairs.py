@@ -58,18 +58,19 @@ class PairAgent(Agent):
 
     def encode_pairs(self, contexts, responses) -> tuple[EncodedTurns | None, list[int], int]:
         """Encode both responses of each pair (rows i and n+i); drop and count pairs the template breaks."""
-        keep, errors = [], 0
+        rows_a, rows_b, keep, errors = [], [], [], 0
         for i, (ctx, (a, b)) in enumerate(zip(contexts, responses)):
             try:
-                self.policy.encode_turns([ctx, ctx], [a, b])
-                keep.append(i)
+                ra, rb = self.policy.turn_row(ctx, a), self.policy.turn_row(ctx, b)
             except TemplateError:
                 errors += 1
+                continue
+            rows_a.append(ra)
+            rows_b.append(rb)
+            keep.append(i)
         if not keep:
             return None, keep, errors
-        ctx = [contexts[i] for i in keep]
-        enc = self.policy.encode_turns(ctx + ctx, [responses[i][0] for i in keep] + [responses[i][1] for i in keep])
-        return enc, keep, errors
+        return self.policy.pad_rows(rows_a + rows_b), keep, errors
 
     def collect(self, env) -> Batch:
         c = self.config
@@ -82,14 +83,15 @@ class PairAgent(Agent):
         n0 = len(pairs.contexts)
         finite = np.isfinite(pairs.returns).all(1)
         distinct = np.array([a != b for a, b in pairs.responses], dtype=bool) if n0 else np.zeros(0, bool)
-        keep_rows = [i for i in range(n0) if finite[i] and distinct[i] and self.usable(pairs.returns[i])]
+        usable = np.array([self.usable(r) for r in pairs.returns], dtype=bool)
+        keep_rows = [i for i in range(n0) if finite[i] and distinct[i] and usable[i]]
         contexts = [pairs.contexts[i] for i in keep_rows]
         responses = [pairs.responses[i] for i in keep_rows]
         enc, kept, template_errors = self.encode_pairs(contexts, responses)
         rows = [keep_rows[i] for i in kept]
         stats = {**self.budget(eng, before), "pairs": len(rows), "examples": len(rows), **dropped,
                  "identical_responses": int((~distinct).sum()), "nonfinite_returns": int((~finite).sum()),
-                 "unusable_pairs": int(sum(finite[i] and distinct[i] and not self.usable(pairs.returns[i]) for i in range(n0))),
+                 "unusable_pairs": int((finite & distinct & ~usable).sum()),
                  "template_errors": template_errors,
                  "mean_return": float(np.nanmean(pairs.returns)) if n0 else float("nan")}
         if enc is None:

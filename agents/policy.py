@@ -105,17 +105,20 @@ class Policy:
             raise TemplateError(f"assistant message {k} renders to no tokens")
         return full, len(prefix), len(full)
 
+    def turn_row(self, context: Conversation, response: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unpadded token ids of context + response, and the mask of the response turn."""
+        msgs = list(context) + [{"role": "assistant", "content": response}]
+        ids, a, b = self.turn_span(msgs, len(msgs) - 1)
+        m = torch.zeros(len(ids), dtype=torch.long)
+        m[a:b] = 1
+        return torch.tensor(ids), m
+
+    def pad_rows(self, rows: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> EncodedTurns:
+        return self._pad([r[0] for r in rows], [r[1] for r in rows])
+
     def encode_turns(self, contexts: Sequence[Conversation], responses: Sequence[str]) -> EncodedTurns:
         """Encode (context, response) pairs: the mask covers the response turn only."""
-        seqs, masks = [], []
-        for ctx, resp in zip(contexts, responses, strict=True):
-            msgs = list(ctx) + [{"role": "assistant", "content": resp}]
-            ids, a, b = self.turn_span(msgs, len(msgs) - 1)
-            seqs.append(torch.tensor(ids))
-            m = torch.zeros(len(ids), dtype=torch.long)
-            m[a:b] = 1
-            masks.append(m)
-        return self._pad(seqs, masks)
+        return self.pad_rows([self.turn_row(c, r) for c, r in zip(contexts, responses, strict=True)])
 
     def encode_dialogues(self, dialogues: Sequence[Conversation]) -> tuple[EncodedTurns, list[list[tuple[int, int]]]]:
         """Encode whole dialogues; the mask covers every assistant turn. Also returns each turn's span."""
