@@ -74,8 +74,6 @@ class RefuelVectorEnv(VectorEnv):
             seeds = [None if x is None else int(x) for x in seed]
         else:
             seeds = [None if seed is None else int(seed) + i for i in range(self.num_envs)]
-        if seeds[0] is not None:
-            self._rng = np.random.default_rng(seeds[0])
         new = []
         for i in range(self.num_envs):
             if seeds[i] is not None:
