@@ -24,6 +24,7 @@ import torch
 
 from refuel_env.registry import Registry
 
+from . import distributed
 from .policy import Policy
 from .rollout import RolloutEngine
 
@@ -57,8 +58,21 @@ class AgentConfig:
     """Passes over the batch per update."""
     minibatch_size: int = 32
     """Examples per gradient step."""
+    micro_batch_size: int | None = None
+    """Rows per forward and backward pass: a minibatch is split into micro-batches whose gradients are
+    accumulated before its one optimiser step (gradient accumulation; the step is the same, up to float
+    rounding, as on the whole minibatch at once). None: the whole minibatch in one pass."""
     max_grad_norm: float = 1.0
     """Gradient clipping."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    adam_betas: tuple = (0.9, 0.999)
+    """AdamW betas."""
+    lr_schedule: str = "constant"
+    """"constant", or "cosine": within each ``update``, linear warm-up over ``warmup_ratio`` of its optimiser
+    steps, then cosine decay to 0 (each iteration is a fresh regression problem, as in the paper's code)."""
+    warmup_ratio: float = 0.0
+    """Fraction of an update's optimiser steps spent warming up (with ``lr_schedule="cosine"``)."""
     temperature: float = 1.0
     """Sampling temperature of the policy (log-probabilities use the same temperature)."""
     max_new_tokens: int = 24
@@ -82,6 +96,10 @@ class Agent:
 
     name = "agent"
     Config = AgentConfig
+    data_parallel = False
+    """Whether ``collect`` and ``update`` work under a multi-process launch (see :mod:`agents.distributed`):
+    ``collect`` returns the batch of all processes on every process, ``update`` splits each minibatch with
+    ``self.dist.share``, runs its forward passes through :meth:`wrapped` and weighs its share in :meth:`optimise`."""
 
     def __init__(self, policy: Policy | None = None, ref_policy: Policy | None = None,
                  config: AgentConfig | None = None, **overrides):
@@ -101,7 +119,27 @@ class Agent:
         self.ref_policy.temperature, self.ref_policy.max_new_tokens = self.config.temperature, self.config.max_new_tokens
         torch.manual_seed(self.config.seed)
         self.setup()
-        self.optimizer = torch.optim.AdamW(self.parameters(), lr=self.config.lr, weight_decay=0.0)
+        if self.config.lr_schedule not in ("constant", "cosine") or not 0 <= self.config.warmup_ratio < 1:
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine' and warmup_ratio in [0, 1); got "
+                             f"{self.config.lr_schedule!r}, {self.config.warmup_ratio}")
+        if self.config.micro_batch_size is not None and self.config.micro_batch_size < 1:
+            raise ValueError(f"micro_batch_size must be None or >= 1, got {self.config.micro_batch_size}")
+        self.optimizer = torch.optim.AdamW(self.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay,
+                                           betas=tuple(self.config.adam_betas))
+        self._steps = (0, 1)  # (optimiser steps taken in this update, steps it will take): the lr schedule
+        self.dist = distributed.current()
+        self._wrapped: dict[int, torch.nn.Module] = {}
+        if self.dist.enabled:  # DDP: wrap the trained modules and the optimiser; the frozen reference follows
+            if not self.data_parallel:
+                raise NotImplementedError(
+                    f"agent {self.name!r} ({type(self).__name__}) is not written for multi-process training (its class "
+                    "does not set data_parallel = True); run it in one process, or see 'Multi-process training' in "
+                    "the README for what collect and update must do")
+            modules = self.modules()
+            *wrapped, self.optimizer = self.dist.prepare(*modules, self.optimizer)
+            self._wrapped = {id(m): w for m, w in zip(modules, wrapped)}
+            self.ref_policy.model.to(self.dist.device)
+            torch.manual_seed(self.dist.process_seed(self.config.seed))  # dropout masks: a stream per process
         self.rng = np.random.default_rng(self.config.seed)
         self.iteration = 0
         self.skipped = {"nonfinite_loss": 0, "empty_batches": 0}
@@ -112,6 +150,15 @@ class Agent:
 
     def parameters(self):
         return [p for p in self.policy.model.parameters() if p.requires_grad]
+
+    def modules(self) -> list[torch.nn.Module]:
+        """The trained modules (those holding ``parameters()``); a subclass with extra modules adds them."""
+        return [self.policy.model]
+
+    def wrapped(self, module: torch.nn.Module) -> torch.nn.Module:
+        """The module to run the forward passes of an update through: under a multi-process launch its DDP
+        wrapper (whose backward averages the gradients over the processes), otherwise the module itself."""
+        return self._wrapped.get(id(module), module)
 
     def extra_state(self) -> dict:
         return {}
@@ -131,34 +178,108 @@ class Agent:
         return self.policy.act(observations, seed=int(self.rng.integers(2**31)), temperature=temperature)
 
     def engine(self, env) -> RolloutEngine:
+        """The rollout engine on ``env``; under a multi-process launch it rolls out this process's share."""
         eng = getattr(self, "_engine", None)
         if eng is None or eng.core is not getattr(getattr(env, "unwrapped", env), "core", None):
-            self._engine = eng = RolloutEngine(env)
+            self._engine = eng = RolloutEngine(env, dist=self.dist)
         return eng
 
     # shared optimisation step
     def minibatches(self, n: int):
+        """Global indices of each minibatch (the same on every process; see :meth:`optimise` for splitting one)."""
         mb = max(1, self.config.minibatch_size)
+        self._steps = (0, self.config.epochs * -(-n // mb))
         for _ in range(self.config.epochs):
             perm = self.rng.permutation(n)
             for i in range(0, n, mb):
                 yield perm[i:i + mb]
 
-    def optimise(self, loss: torch.Tensor) -> bool:
-        """One gradient step; a non-finite loss is skipped and counted, never applied."""
-        if not torch.isfinite(loss):
-            self.skipped["nonfinite_loss"] += 1
-            self.optimizer.zero_grad(set_to_none=True)
-            return False
+    def micro_batches(self, rows):
+        """``rows`` (this process's share of a minibatch) in chunks of ``micro_batch_size``."""
+        k = self.config.micro_batch_size or max(len(rows), 1)
+        return [rows[i:i + k] for i in range(0, len(rows), k)] or [rows]
+
+    def lr_now(self) -> float:
+        """The learning rate of the next optimiser step (see ``lr_schedule``)."""
+        c = self.config
+        if c.lr_schedule == "constant":
+            return c.lr
+        step, total = self._steps
+        warm = int(c.warmup_ratio * total)
+        if step < warm:
+            return c.lr * (step + 1) / (warm + 1)
+        return c.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(total - warm, 1)))
+
+    def accumulate_step(self, parts, weight: float = 1.0) -> dict | None:
+        """One optimiser step on a minibatch given as micro-batches (gradient accumulation).
+
+        ``parts`` yields ``(loss, fraction, info)`` per micro-batch: its mean loss, its fraction of what this
+        process's share of the minibatch loss averages over (rows, or tokens), and scalar metrics. Each
+        micro-batch is backpropagated before the next is computed (a generator keeps one micro-batch's
+        activations alive at a time); ``weight`` is as in :meth:`optimise`."""
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        gn = torch.nn.utils.clip_grad_norm_(self.parameters(), self.config.max_grad_norm)
-        if not torch.isfinite(gn):
+        total, agg = 0.0, {}
+        scale = weight * self.dist.world_size if self.dist.enabled else 1.0
+        for loss, fraction, info in parts:
+            scaled = loss * (fraction * scale)
+            self.dist.backward(scaled) if self.dist.enabled else scaled.backward()
+            total = total + loss.detach() * fraction
+            for k, v in info.items():
+                agg[k] = agg.get(k, 0.0) + float(v) * fraction
+        return self.optimise(torch.as_tensor(total), weight, agg, backward_done=True)
+
+    def optimise(self, loss: torch.Tensor, weight: float = 1.0, info: dict | None = None,
+                 backward_done: bool = False) -> dict | None:
+        """One gradient step; a non-finite loss (or gradient) is skipped and counted, never applied.
+
+        Returns the minibatch's ``loss`` and ``info`` values as floats, or None when the step was skipped.
+
+        One process: ``loss`` is the minibatch's loss (``weight`` is 1). Under a multi-process launch each process
+        passes the mean loss over its share of the minibatch (:meth:`Distributed.share`, forwarded through
+        :meth:`wrapped`) and ``weight`` = its share's fraction of what the minibatch's loss averages over (rows,
+        or tokens); the step then equals one process's step on the whole minibatch, and the values returned are
+        the whole minibatch's. A process with no share passes a zero loss that touches the parameters (e.g.
+        ``logp.sum() * 0``) and weight 0, so that every process takes part in the gradient average.
+        """
+        info = info or {}
+        if self.config.lr_schedule != "constant":
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr_now()
+        self._steps = (self._steps[0] + 1, self._steps[1])
+        if not self.dist.enabled:
+            if not torch.isfinite(loss):
+                self.skipped["nonfinite_loss"] += 1
+                self.optimizer.zero_grad(set_to_none=True)
+                return None
+            if not backward_done:
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+            gn = torch.nn.utils.clip_grad_norm_(self.parameters(), self.config.max_grad_norm)
+            if not torch.isfinite(gn):
+                self.skipped["nonfinite_loss"] += 1
+                self.optimizer.zero_grad(set_to_none=True)
+                return None
+            self.optimizer.step()
+            return {"loss": float(loss.detach()), **{k: float(v) for k, v in info.items()}}
+        # every process runs the backward (DDP averages the gradients of all of them), then they agree on skipping
+        if not backward_done:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.dist.backward(loss * (weight * self.dist.world_size))
+        gn = self.dist.clip_grad_norm_(self.parameters(), self.config.max_grad_norm)
+        keys = sorted(info)
+        mine = [float(loss.detach()), *(float(info[k]) for k in keys)]
+        table = self.dist.all_gather_floats([x * weight if weight else 0.0 for x in mine] + [float(gn)])
+        norms = table[:, -1]
+        if np.all(np.isfinite(norms)) and not np.allclose(norms, norms[0], rtol=1e-5, atol=0):
+            raise RuntimeError(f"the processes' gradient norms differ ({norms.tolist()}): the update did not run its "
+                               "forward passes through agent.wrapped(module), so DDP did not average the gradients")
+        values = table[:, :-1].sum(0)
+        if not (np.isfinite(values[0]) and np.all(np.isfinite(norms))):
             self.skipped["nonfinite_loss"] += 1
             self.optimizer.zero_grad(set_to_none=True)
-            return False
+            return None
         self.optimizer.step()
-        return True
+        return dict(zip(["loss", *keys], values.tolist()))
 
     def budget(self, engine: RolloutEngine, before: dict) -> dict:
         return {k: engine.stats[k] - before.get(k, 0) for k in ("dialogues", "tokens_generated")}
@@ -176,8 +297,6 @@ class Agent:
         (path / "agent_config.json").write_text(json.dumps({"agent": self.name, **asdict(self.config)}, indent=2))
 
     def load(self, path: str | Path) -> None:
-        from safetensors.torch import load_file
-
         path = Path(path)
         meta = json.loads((path / "agent_config.json").read_text())
         if meta.get("agent") != self.name:
@@ -189,10 +308,7 @@ class Agent:
         if diff:
             raise ValueError(f"{path} holds a checkpoint of another model (saved vs this policy: {diff}); "
                              "load it into an agent built on the same architecture")
-        weights = {}
-        for f in sorted((path / "policy").glob("*.safetensors")):
-            weights.update(load_file(str(f)))
-        missing, unexpected = self.policy.model.load_state_dict(weights, strict=False)
+        missing, unexpected = self.policy.load_weights(path / "policy")  # full weights, or LoRA adapters
         real_missing = [k for k in missing if "lm_head" not in k]  # tied embeddings are not saved twice
         if real_missing or unexpected:
             raise ValueError(f"checkpoint {path} does not fit this policy: missing {real_missing[:5]}, unexpected {unexpected[:5]}")
@@ -200,7 +316,9 @@ class Agent:
         self.optimizer.load_state_dict(state["optimizer"])
         self.iteration = int(state["iteration"])
         self.rng.bit_generator.state = json.loads(state["rng"])
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_rng"])  # the main process's, under a multi-process launch
+        if self.dist.rank:  # the others fork their own stream from it (dropout masks)
+            torch.manual_seed(self.dist.process_seed(int(torch.randint(2**31, ()))))
         self.skipped = json.loads(state["skipped"])
         self.load_extra_state(state["extra"])
 

@@ -4,6 +4,7 @@
     refuel bench --config bench.toml --agents refuel,ppo,my-agent --import my_agents.py --out runs/mine
     refuel train --agent refuel --iterations 20 --out runs/refuel --set agent_options.lr=1e-4
     refuel eval --checkpoint runs/refuel/checkpoints/final --out runs/refuel/eval
+    refuel train --preset paper-ultrainteract --out runs/paper --dry-run   # check it, print the plan and hardware
 
 Configuration: a preset (``--preset``), then a JSON/TOML/YAML file (``--config``), then flags, then
 ``--set key=value`` (dotted keys of :class:`agents.config.ExperimentConfig`; values parsed as JSON).
@@ -103,7 +104,10 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--agents", help=f"comma-separated rows or registered agents (default {','.join(DEFAULT_ROWS)})")
     b.add_argument("--seeds", help="comma-separated training seeds")
     b.add_argument("--no-retry-failed", action="store_true", help="keep failed units of an earlier run as failed")
-    b.add_argument("--dry-run", action="store_true", help="print the resolved configuration and exit")
+    b.add_argument("--dry-run", action="store_true",
+                   help="check the configuration, print it (JSON, stdout) and the plan and hardware estimate (stderr); "
+                        "load and download nothing")
+    b.add_argument("--gpu-gib", type=float, default=80.0, help="GPU memory the --dry-run estimate assumes (default 80)")
 
     t = sub.add_parser("train", help="train one agent (metrics.jsonl, TensorBoard, checkpoints; resumes)")
     add_common(t)
@@ -112,6 +116,10 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, help="training seed (default: the config's first seed)")
     t.add_argument("--eval-every", type=int, help="evaluate every N iterations (default eval.curve_every)")
     t.add_argument("--no-resume", action="store_true", help="start over even if OUT has a checkpoint")
+    t.add_argument("--dry-run", action="store_true",
+                   help="check the configuration, print it (JSON, stdout) and the plan and hardware estimate (stderr); "
+                        "load and download nothing, write nothing")
+    t.add_argument("--gpu-gib", type=float, default=80.0, help="GPU memory the --dry-run estimate assumes (default 80)")
 
     e = sub.add_parser("eval", help="per-turn win rate of a checkpoint against pi_0")
     add_common(e)
@@ -127,10 +135,11 @@ def cmd_bench(args, cfg: ExperimentConfig) -> int:
     from .bench import run_bench
     from .report import print_summary
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        print("refuel bench: error: the benchmark runs in one process; under `accelerate launch` train one agent "
+              "(`-m agents.cli train`)", file=sys.stderr)
+        return 2
     out = Path(args.out or f"runs/bench-{cfg.preset or 'custom'}")
-    if args.dry_run:
-        print(json.dumps(cfg.to_dict(), indent=2))
-        return 0
     print(f"[bench] {len(cfg.agents)} rows x {len(cfg.seeds)} seeds, {cfg.iterations} iterations each; output in {out}")
     results = run_bench(cfg, out, progress=not args.no_progress, retry_failed=not args.no_retry_failed)
     print_summary(results)
@@ -138,17 +147,34 @@ def cmd_bench(args, cfg: ExperimentConfig) -> int:
     return 1 if any(r["status"] == "failed" for r in results["rows"]) else 0
 
 
-def _setup(cfg: ExperimentConfig):
+def dry_run(cfg: ExperimentConfig, command: str, gpu_gib: float = 80.0) -> int:
+    """Check everything that can be checked without loading a model or the env; print the resolved configuration
+    (stdout, JSON) and the plan with its hardware estimate (stderr). Problems raise :class:`~agents.plan.ConfigError`."""
+    from .plan import ConfigError, check, plan_text
+
+    problems, notes = check(cfg, command)
+    if problems:
+        raise ConfigError(problems)
+    print(json.dumps(cfg.to_dict(), indent=2))
+    text = plan_text(cfg, command, gpu_gib)
+    if notes:
+        text += "\n\nNotes:\n" + "\n".join(f"  - {n}" for n in notes)
+    print(text, file=sys.stderr)
+    return 0
+
+
+def _env(cfg: ExperimentConfig):
     import torch
 
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
-    env = cfg.env.make()
-    ref = cfg.policy.load(cfg.env, name="pi_0")
-    ref.model.requires_grad_(False)
+    return cfg.env.make()
+
+
+def _sampling(ref, cfg: ExperimentConfig):
     ref.temperature = float(cfg.agent_options.get("temperature", ref.temperature))
     ref.max_new_tokens = int(cfg.agent_options.get("max_new_tokens", ref.max_new_tokens))
-    return env, ref
+    return ref
 
 
 def _print_eval(res, title: str) -> str:
@@ -163,22 +189,29 @@ def _print_eval(res, title: str) -> str:
 def cmd_train(args, cfg: ExperimentConfig) -> int:
     from .base import make_agent
     from .config import agent_kwargs
+    from .distributed import current
     from .evaluate import Evaluator
     from .trainer import train
 
+    dist = current()  # under `accelerate launch`: join the process group (and take this process's GPU) first
     spec = cfg.agents[0]
     seed = cfg.seeds[0] if args.seed is None else args.seed
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps({"agent": spec.label, "seed": seed, "config": cfg.to_dict()}, indent=2))
-    env, ref = _setup(cfg)
-    agent = make_agent(spec.agent, policy=cfg.policy.load(cfg.env, name=spec.label), ref_policy=ref,
-                       **agent_kwargs(cfg, spec, seed))
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps({"agent": spec.label, "seed": seed, "config": cfg.to_dict()}, indent=2))
+    with dist.main_process_first():  # a pi_0 built on first use is built (and cached) once
+        env = _env(cfg)
+        # with LoRA, pi_0 is the policy's own base weights with the adapters off (one copy of the model)
+        policy, ref = cfg.policy.load_with_reference(cfg.env, name=spec.label, seed=seed)
+    agent = make_agent(spec.agent, policy=policy, ref_policy=_sampling(ref, cfg), **agent_kwargs(cfg, spec, seed))
     e = cfg.eval
     every = e.curve_every if args.eval_every is None else args.eval_every
     curve = Evaluator(env, ref, e.curve_n_dialogues, e.seed + 1, e.temperature, 0, 200)
     res = train(agent, env, cfg.iterations, eval_every=every, out=out, eval_fn=lambda ag: curve(ag.policy),
                 checkpoint_every=cfg.checkpoint_every, resume=not args.no_resume, progress=not args.no_progress)
+    if not dist.is_main:  # the main process evaluates and writes
+        return 0
     final = Evaluator(env, ref, e.n_dialogues, e.seed, e.temperature, e.examples, e.bootstrap)(agent.policy)
     (out / "eval.json").write_text(json.dumps({"budget": res.budget, "eval": final.to_dict()}, indent=2))
     text = _print_eval(final, f"{spec.label} (seed {seed}) after {agent.iteration} iterations, "
@@ -188,7 +221,9 @@ def cmd_train(args, cfg: ExperimentConfig) -> int:
     return 0
 
 
-def load_checkpoint_policy(path: str | Path):
+def load_checkpoint_policy(path: str | Path, base_model: str | None = None, dtype=None, device=None):
+    """The policy of an agent checkpoint (or a model directory). A LoRA checkpoint's adapters go on
+    ``base_model`` (default: the base model they name)."""
     from .policy import Policy
 
     path = Path(path)
@@ -196,7 +231,8 @@ def load_checkpoint_policy(path: str | Path):
     if not (model_dir / "config.json").exists():
         raise FileNotFoundError(f"{path} holds neither an agent checkpoint (policy/config.json) nor a Hugging Face "
                                 "model (config.json)")
-    policy = Policy.from_pretrained(str(model_dir), name=path.name)
+    policy = Policy.from_pretrained(str(model_dir), name=path.name, base_model=base_model, dtype=dtype, device=device,
+                                    trainable=False)
     meta = path / "agent_config.json"
     if meta.exists():
         m = json.loads(meta.read_text())
@@ -208,8 +244,19 @@ def load_checkpoint_policy(path: str | Path):
 def cmd_eval(args, cfg: ExperimentConfig) -> int:
     from .evaluate import Evaluator
 
-    env, ref = _setup(cfg)
-    policy = load_checkpoint_policy(args.checkpoint)
+    env = _env(cfg)
+    base = None
+    if cfg.policy.model:
+        from refuel_env.models import resolve_model
+
+        base = resolve_model(cfg.policy.model)
+    policy = load_checkpoint_policy(args.checkpoint, base_model=base, dtype=cfg.policy.dtype, device=cfg.policy.device)
+    if policy.is_lora:  # pi_0: the same base weights with the adapters off
+        ref = policy.reference("pi_0")
+    else:
+        ref = cfg.policy.load(cfg.env, name="pi_0", lora=False)
+        ref.model.requires_grad_(False)
+    _sampling(ref, cfg)
     if "temperature" in cfg.agent_options and not (Path(args.checkpoint) / "agent_config.json").exists():
         policy.temperature = float(cfg.agent_options["temperature"])
     e = cfg.eval
@@ -250,6 +297,8 @@ def main(argv=None) -> int:
                 cfg.agents = [spec]
             if args.command in ("bench", "train"):
                 check_agents(cfg)
+                if args.dry_run:
+                    return dry_run(cfg, args.command, args.gpu_gib)
     except (KeyError, ValueError, TypeError, FileNotFoundError, ImportError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"refuel {args.command}: error: {msg}", file=sys.stderr)

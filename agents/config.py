@@ -38,11 +38,19 @@ class EnvConfig:
     """Judge ("rule" is the task's own)."""
     user_kwargs: dict = field(default_factory=dict)
     judge_kwargs: dict = field(default_factory=dict)
+    max_message_chars: int | None = None
+    """Longest message (characters; longer responses are cut); None: the env's default (1024)."""
+    max_total_chars: int | None = None
+    """Conversation length at which an episode is truncated; None: the env's default (16384)."""
 
     def kwargs(self) -> dict:
-        return {"task": self.task, "task_kwargs": dict(self.task_kwargs), "max_turns": self.max_turns,
-                "horizon": self.horizon, "user": self.user, "judge": self.judge,
-                "user_kwargs": dict(self.user_kwargs), "judge_kwargs": dict(self.judge_kwargs)}
+        out = {"task": self.task, "task_kwargs": dict(self.task_kwargs), "max_turns": self.max_turns,
+               "horizon": self.horizon, "user": self.user, "judge": self.judge,
+               "user_kwargs": dict(self.user_kwargs), "judge_kwargs": dict(self.judge_kwargs)}
+        for k in ("max_message_chars", "max_total_chars"):
+            if getattr(self, k) is not None:
+                out[k] = int(getattr(self, k))
+        return out
 
     def make(self, num_envs: int = 1):
         """The batched env (``gym.make_vec("RefuelDialogue-v0", ...)``); agents roll out through its core."""
@@ -58,12 +66,28 @@ class PolicyConfig:
     """Where pi_0 (the reference policy and every agent's starting point) comes from."""
 
     model: str | None = None
-    """A Hugging Face model directory (``from_pretrained``); None: the built-in offline pi_0 of the guess-item task."""
+    """A Hugging Face model directory (``from_pretrained``), or ``"smollm2"`` (the offline SmolLM2-135M-Instruct,
+    see :func:`refuel_env.models.resolve_model`); None: the built-in offline pi_0 of the guess-item task."""
     reference: dict = field(default_factory=dict)
     """Overrides of :class:`agents.reference.ReferenceConfig` for the built-in pi_0 (n_dialogues, epochs, ...).
     Its task fields (n_items, max_turns, noise) follow the env config."""
     cache: str | None = None
     """Where the built-in pi_0 is cached (default ``$REFUEL_ENV_CACHE`` or ``~/.cache/refuel_env``)."""
+    dtype: str | None = None
+    """Weights dtype ("bfloat16", "float32", "auto"); None: as loaded (float32 for the built-in pi_0)."""
+    device: str | None = None
+    """Where the policy runs ("cuda", "cpu", "auto": CUDA when available); None: where it loads (the CPU)."""
+    lora: dict | None = None
+    """LoRA adapters through peft (``pip install 'refuel-env[peft]'``): a table of r, alpha, dropout,
+    target_modules (or any other ``peft.LoraConfig`` field); ``{}`` or true: r=16, alpha=32, dropout=0.05,
+    every linear layer but the output layer. Only the adapters train, and pi_0 is the same model with its
+    adapters disabled (no second copy of the weights). None: full fine-tuning."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (much less memory for long dialogues; ~30% slower)."""
+    generation_batch_size: int | None = None
+    """Rows per ``generate`` call of the policy (None: every dialogue in flight in one call)."""
+    score_batch_size: int = 64
+    """Rows per forward pass when the policy scores responses without gradients (log-probs at collection)."""
 
     def reference_config(self, env: EnvConfig):
         from .reference import ReferenceConfig
@@ -71,19 +95,44 @@ class PolicyConfig:
         task = {k: env.task_kwargs[k] for k in ("n_items", "noise") if k in env.task_kwargs}
         return ReferenceConfig(**{"max_turns": env.max_turns, **task, **self.reference})
 
-    def load(self, env: EnvConfig, name: str = "pi_0", log=print):
-        """A fresh, trainable copy of pi_0 (built and cached on first use)."""
+    def load(self, env: EnvConfig, name: str = "pi_0", log=print, lora: bool = True, seed: int = 0):
+        """A fresh, trainable copy of pi_0 (built and cached on first use); with LoRA adapters when
+        ``self.lora`` is set and ``lora`` is True (their random init drawn with ``seed``)."""
         from .policy import Policy
         from .reference import reference_policy
 
+        defaults = PolicyConfig()
+        opts = {k: getattr(self, k) for k in ("dtype", "device", "gradient_checkpointing", "generation_batch_size",
+                                              "score_batch_size") if getattr(self, k) != getattr(defaults, k)}
+        if lora and self.lora not in (None, False):
+            opts.update(lora=self.lora, lora_seed=seed)
         if self.model:
-            return Policy.from_pretrained(self.model, name=name)
+            from refuel_env.models import resolve_model
+
+            return Policy.from_pretrained(resolve_model(self.model), name=name, **opts)
         if env.task != "guess-item-v0":
             raise ValueError(f"the built-in pi_0 is for guess-item-v0; for task {env.task!r} set policy.model to a "
-                             "Hugging Face model directory")
+                             "Hugging Face model directory (or \"smollm2\")")
         policy = reference_policy(self.reference_config(env), cache=self.cache, log=log)
         policy.name = name
+        policy.place(device=opts.get("device"), dtype=opts.get("dtype"))
+        policy.generation_batch_size, policy.score_batch_size = self.generation_batch_size, int(self.score_batch_size)
+        if self.gradient_checkpointing:
+            policy.enable_gradient_checkpointing()
+        if "lora" in opts:
+            policy.add_lora(self.lora, seed=seed)
         return policy
+
+    def load_with_reference(self, env: EnvConfig, name: str = "policy", log=print, seed: int = 0):
+        """The policy to train and pi_0. With LoRA, pi_0 is the policy's own model with its adapters disabled
+        (one copy of the base weights); without, a separate frozen copy."""
+        policy = self.load(env, name=name, log=log, seed=seed)
+        if policy.is_lora:
+            return policy, policy.reference("pi_0")
+        ref = self.load(env, name="pi_0", log=log, lora=False)
+        ref.model.requires_grad_(False)
+        ref.model.eval()
+        return policy, ref
 
 
 @dataclass
@@ -229,7 +278,66 @@ def _full() -> ExperimentConfig:
                                            "temperature": 1.0})
 
 
-PRESETS = {"quick": _quick, "default": _default, "full": _full}
+PAPER_POLICY = "meta-llama/Meta-Llama-3-8B-Instruct"
+PAPER_USER = "meta-llama/Meta-Llama-3.1-70B-Instruct"
+PAPER_JUDGE = "RLHFlow/ArmoRM-Llama3-8B-v0.1"
+PAPER_PAIRS_PER_ITERATION = 60000
+"""Pairs collected per iteration in the paper preset: the default ``total_episodes`` of the reference code's
+training script (``setting_one/refuel.py`` in ZhaolinGao/REFUEL); the paper's text does not fix it where we
+looked. Scale it with ``--pairs-per-iteration``."""
+USER_BASE_URL_ENV = ("REFUEL_USER_BASE_URL", "OPENAI_BASE_URL")
+"""Environment variables read (first set wins) for the base URL of the server of the paper preset's user
+simulator; default ``http://127.0.0.1:8000/v1`` (``vllm serve`` on this machine)."""
+
+
+def _paper(prompts: str = "ultrainteract") -> ExperimentConfig:
+    """The REFUEL paper's setting (arXiv 2410.04612, setting one), on a prompt set (``"ultrainteract"``, ``"hh"``).
+
+    Policy Llama-3-8B-Instruct, full fine-tuning in bf16; user simulator Llama-3.1-70B-Instruct with the
+    paper's prompt, served by vLLM or any OpenAI-compatible server (``vllm serve
+    meta-llama/Meta-Llama-3.1-70B-Instruct --tensor-parallel-size 4``; base URL from ``$REFUEL_USER_BASE_URL``
+    or ``$OPENAI_BASE_URL``, API key from ``$OPENAI_API_KEY``); judge ArmoRM (its custom code needs the
+    explicit ``trust_remote_code=True`` set here); H ~ U{1..5}; sampling temperature 0.8, responses up to
+    1024 tokens (both sides); REFUEL with eta = 1 (the reference code's default), lr 3e-7, a gradient step
+    per 128 pairs (the paper's batch size), one pass over each iteration's pairs, two iterations.
+
+    Its optimiser: AdamW with betas (0.9, 0.95) and weight decay 1e-6, a cosine schedule with 10% warm-up
+    within each iteration, and micro-batches of one pair with gradient accumulation (the reference code:
+    1 pair per device x 32 accumulation steps x 4 GPUs = 128). Not reproduced: its DeepSpeed training with
+    fp32 master weights (our multi-process training is plain DDP; parameter sharding is refused);
+    ``refuel train --dry-run`` says what that means for memory. The length filter of the prompts counts 4 characters per token (the paper:
+    Llama-3's tokenizer).
+    """
+    import os
+
+    from refuel_env.tasks.open_chat import PAPER_TASK_KWARGS
+
+    base_url = next((os.environ[k] for k in USER_BASE_URL_ENV if os.environ.get(k)), "http://127.0.0.1:8000/v1")
+    task_kwargs = {k: v for k, v in PAPER_TASK_KWARGS.items() if k != "max_turns"}  # env.max_turns says it
+    task_kwargs.update(prompts=prompts, backend="openai", user_model=PAPER_USER, reward_model=PAPER_JUDGE,
+                       judge="reward-model", trust_remote_code=True,
+                       user_params={"max_new_tokens": 1024, "temperature": 0.8},
+                       backend_kwargs={"base_url": base_url, "api_key_env": "OPENAI_API_KEY", "timeout": 600.0,
+                                       "concurrency": 32})
+    env = EnvConfig(task="open-chat-v0", task_kwargs=task_kwargs, max_turns=5, horizon="uniform", user="llm",
+                    judge="rule", user_kwargs={"format": "paper"},
+                    judge_kwargs={"device": "cuda", "batch_size": 8, "max_length": 4096},
+                    max_message_chars=8192, max_total_chars=65536)
+    policy = PolicyConfig(model=PAPER_POLICY, dtype="bfloat16", device="cuda", gradient_checkpointing=True,
+                          generation_batch_size=16, score_batch_size=2)
+    return ExperimentConfig(
+        preset=f"paper-{prompts}", env=env, policy=policy, agents=["refuel"], seeds=[0], iterations=2,
+        pairs_per_iteration=PAPER_PAIRS_PER_ITERATION,
+        eval=EvalConfig(n_dialogues=500, seed=1234, temperature=None, curve_every=1, curve_n_dialogues=128,
+                        examples=5, bootstrap=2000),
+        agent_options={"lr": 3e-7, "epochs": 1, "minibatch_size": 128, "micro_batch_size": 1, "max_new_tokens": 1024,
+                       "temperature": 0.8, "eta": 1.0, "weight_decay": 1e-6, "lr_schedule": "cosine",
+                       "warmup_ratio": 0.1, "adam_betas": [0.9, 0.95]},
+        checkpoint_every=1)
+
+
+PRESETS = {"quick": _quick, "default": _default, "full": _full,
+           "paper-ultrainteract": lambda: _paper("ultrainteract"), "paper-hh": lambda: _paper("hh")}
 
 
 def preset(name: str) -> ExperimentConfig:
@@ -291,7 +399,10 @@ def from_dict(d: dict, base: ExperimentConfig | None = None) -> ExperimentConfig
     if base is None:
         base = preset(d["preset"]) if d.get("preset") else ExperimentConfig()
     _check_keys(d, ExperimentConfig)
-    merged = merge(base.to_dict(), d)
+    b = base.to_dict()
+    if isinstance(d.get("env"), dict) and d["env"].get("task", b["env"]["task"]) != b["env"]["task"]:
+        b["env"]["task_kwargs"] = {}  # the base's task keyword arguments belong to the other task
+    merged = merge(b, d)
     return ExperimentConfig(**merged)
 
 

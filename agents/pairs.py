@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .base import Agent, AgentConfig, Batch
+from .distributed import cat_rows, sum_stats
 from .policy import EncodedTurns, TemplateError
 
 ROLLINS = ("current", "reference", "offline")
@@ -33,6 +34,7 @@ class PairConfig(AgentConfig):
 
 class PairAgent(Agent):
     Config = PairConfig
+    data_parallel = True
     anchor = "current"  # whose log-probs are stored with the pairs: pi_t ("current") or pi_ref ("reference")
 
     def setup(self) -> None:
@@ -53,8 +55,8 @@ class PairAgent(Agent):
 
             if not isinstance(task, GuessItemTask):
                 raise ValueError(f"task {task.task_id} has no offline data for rollin='offline'; use 'reference'")
-            return ScriptedQuestioner(task, "demonstrator", seed=int(self.rng.integers(2**31)))
-        return make(seed=int(self.rng.integers(2**31)))
+            return ScriptedQuestioner(task, "demonstrator", seed=self.dist.process_seed(int(self.rng.integers(2**31))))
+        return make(seed=self.dist.process_seed(int(self.rng.integers(2**31))))
 
     def encode_pairs(self, contexts, responses) -> tuple[EncodedTurns | None, list[int], int]:
         """Encode both responses of each pair (rows i and n+i); drop and count pairs the template breaks."""
@@ -94,15 +96,38 @@ class PairAgent(Agent):
                  "unusable_pairs": int((finite & distinct & ~usable).sum()),
                  "template_errors": template_errors,
                  "mean_return": float(np.nanmean(pairs.returns)) if n0 else float("nan")}
-        if enc is None:
-            return Batch({"pairs": pairs}, stats)
-        anchor = self.policy if self.anchor == "current" else self.ref_policy
-        old = anchor.sequence_logprobs_nograd(enc)
-        n = len(rows)
-        data = {"enc": enc, "old_a": old[:n], "old_b": old[n:], "returns": torch.tensor(pairs.returns[rows], dtype=torch.float32),
-                "contexts": [pairs.contexts[i] for i in rows], "responses": [pairs.responses[i] for i in rows],
-                "turns": pairs.turns[rows], "horizons": pairs.horizons[rows]}
-        return Batch(data, stats)
+        data = None
+        if enc is not None:
+            anchor = self.policy if self.anchor == "current" else self.ref_policy
+            old = anchor.sequence_logprobs_nograd(enc)
+            n = len(rows)
+            data = {"enc": enc, "old_a": old[:n], "old_b": old[n:],
+                    "returns": torch.tensor(pairs.returns[rows], dtype=torch.float32),
+                    "contexts": [pairs.contexts[i] for i in rows], "responses": [pairs.responses[i] for i in rows],
+                    "turns": pairs.turns[rows], "horizons": pairs.horizons[rows]}
+        if self.dist.enabled:
+            data, stats = self.gather_pairs(data, stats, pairs.returns)
+        return Batch(data if data is not None else {"pairs": pairs}, stats)
+
+    def gather_pairs(self, data: dict | None, stats: dict, returns: np.ndarray) -> tuple[dict | None, dict]:
+        """Every process's pairs, in rank order (= the order of one process's batch), on every process."""
+        parts = self.dist.gather((data, stats, returns))
+        stats = sum_stats([p[1] for p in parts])
+        every = np.concatenate([p[2] for p in parts])
+        stats["mean_return"] = float(np.nanmean(every)) if len(every) else float("nan")
+        ds = [p[0] for p in parts if p[0] is not None]
+        if not ds:
+            return None, stats
+        halves = [[d["enc"].select(slice(0, len(d["old_a"]))) for d in ds],  # rows of a, then rows of b
+                  [d["enc"].select(slice(len(d["old_a"]), None)) for d in ds]]
+        pad = self.policy.tokenizer.pad_token_id
+        encs = [e for half in halves for e in half]
+        enc = EncodedTurns(cat_rows([e.input_ids for e in encs], pad), cat_rows([e.attention_mask for e in encs]),
+                           cat_rows([e.turn_mask for e in encs]))
+        data = {k: cat_rows([d[k] for d in ds]) for k in ("old_a", "old_b", "returns")}
+        data.update({k: [x for d in ds for x in d[k]] for k in ("contexts", "responses")})
+        data.update({k: np.concatenate([d[k] for d in ds]) for k in ("turns", "horizons")})
+        return {"enc": enc, **data}, stats
 
     def usable(self, returns: np.ndarray) -> bool:
         """Whether a pair carries a learning signal for this loss (DPO drops ties)."""
@@ -119,22 +144,33 @@ class PairAgent(Agent):
             return {"loss": float("nan"), "pairs": 0, "skipped_empty_batches": self.skipped["empty_batches"]}
         d = batch.data
         self.policy.model.train()
+        model = self.wrapped(self.policy.model)
         losses, extra = [], {}
         for idx in self.minibatches(n):
-            idx_t = torch.as_tensor(idx)
-            lp = self.policy.sequence_logprobs(d["enc"].select(torch.cat([idx_t, idx_t + n])))
-            m = len(idx)
-            loss, info = self.loss(lp[:m], lp[m:], d["old_a"][idx_t].to(lp.device), d["old_b"][idx_t].to(lp.device),
-                                   d["returns"][idx_t].to(lp.device))
-            if self.optimise(loss):
-                losses.append(float(loss.detach()))
-                for k, v in info.items():
-                    extra.setdefault(k, []).append(float(v))
+            mine = self.dist.share(idx)  # one process: the whole minibatch
+            out = self.accumulate_step(self._minibatch_losses(d, n, idx, mine, model), len(mine) / len(idx))
+            if out:
+                losses.append(out.pop("loss"))
+                for k, v in out.items():
+                    extra.setdefault(k, []).append(v)
         self.policy.model.eval()
         self.iteration += 1
         return {"loss": float(np.mean(losses)) if losses else float("nan"), "pairs": n,
                 **{k: float(np.mean(v)) for k, v in extra.items()},
                 "skipped_nonfinite_loss": self.skipped["nonfinite_loss"]}
+
+    def _minibatch_losses(self, d: dict, n: int, idx, mine, model):
+        """(loss, fraction, info) of each micro-batch of this process's share ``mine`` of minibatch ``idx``."""
+        rows = mine if len(mine) else idx[:1]
+        for chunk in self.micro_batches(rows):
+            idx_t = torch.as_tensor(chunk)
+            lp = self.policy.sequence_logprobs(d["enc"].select(torch.cat([idx_t, idx_t + n])), model)
+            m = len(idx_t)
+            loss, info = self.loss(lp[:m], lp[m:], d["old_a"][idx_t].to(lp.device), d["old_b"][idx_t].to(lp.device),
+                                   d["returns"][idx_t].to(lp.device))
+            if not len(mine):  # nothing of this minibatch here: a zero that still joins the gradient average
+                loss = lp.sum() * 0.0
+            yield loss, len(chunk) / len(rows), info
 
     def preference_dataset(self, batch: Batch):
         """The batch's pairs in TRL's conversational preference format (prompt / chosen / rejected),

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from .base import Agent, AgentConfig, Batch, register_agent
-from .policy import TemplateError
+from .distributed import cat_rows, sum_stats
+from .policy import EncodedTurns, TemplateError
 
 
 @dataclass
@@ -68,6 +69,7 @@ def masked_mean(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
 class PPOAgent(Agent):
     name = "ppo"
     Config = PPOConfig
+    data_parallel = True
 
     def setup(self) -> None:
         hidden = self.policy.model.config.hidden_size
@@ -78,15 +80,21 @@ class PPOAgent(Agent):
     def parameters(self):
         return super().parameters() + list(self.value_head.parameters())
 
+    def modules(self):
+        return super().modules() + [self.value_head]
+
     def extra_state(self) -> dict:
         return {"value_head": self.value_head.state_dict()}
 
     def load_extra_state(self, state: dict) -> None:
         self.value_head.load_state_dict(state["value_head"])
 
-    def _forward(self, enc):
-        lp, hidden = self.policy.token_logprobs(enc, return_hidden=True)
-        values = self.value_head(hidden[:, :-1].float()).squeeze(-1)
+    def _forward(self, enc, train: bool = False):
+        policy, head = (self.policy.model, self.value_head)
+        if train:  # an update's forward passes: through the DDP wrappers under a multi-process launch
+            policy, head = self.wrapped(policy), self.wrapped(head)
+        lp, hidden = self.policy.token_logprobs(enc, policy, return_hidden=True)
+        values = head(hidden[:, :-1].float()).squeeze(-1)
         return lp, values
 
     def collect(self, env) -> Batch:
@@ -108,24 +116,69 @@ class PPOAgent(Agent):
         stats = {**self.budget(eng, before), "examples": len(keep), "template_errors": errors,
                  "nonfinite_returns": int((~finite).sum()),
                  "mean_return": float(np.mean([s.scores[-1] for s in states])) if states else float("nan")}
-        if not keep:
+        data = None
+        if keep:
+            enc, _ = self.policy.encode_dialogues([states[i].messages for i in keep])
+            with torch.no_grad():
+                old, values = self._forward(enc)
+                ref = self.ref_policy.token_logprobs(enc)
+            mask = enc.turn_mask[:, 1:].float()
+            rewards = -c.kl_coef * (old - ref) * mask
+            last = mask.shape[1] - 1 - torch.argmax(mask.flip(1), dim=1)  # last assistant token of each dialogue
+            rewards[torch.arange(len(keep)), last] += torch.tensor(scores[finite], dtype=torch.float32)
+            adv = gae(rewards, values, mask, c.gamma, c.lam)
+            data = {"enc": enc, "old": old, "values": values, "returns": adv + values, "adv": adv, "mask": mask,
+                    "kl_sum": float(((old - ref) * mask).sum()), "kl": float(masked_mean(old - ref, mask))}
+        if self.dist.enabled:
+            data, stats = self.gather_dialogues(data, stats, [s.scores[-1] for s in states])
+        if data is None:
             return Batch({}, stats)
-        enc, _ = self.policy.encode_dialogues([states[i].messages for i in keep])
-        with torch.no_grad():
-            old, values = self._forward(enc)
-            ref = self.ref_policy.token_logprobs(enc)
-        mask = enc.turn_mask[:, 1:].float()
-        rewards = -c.kl_coef * (old - ref) * mask
-        last = mask.shape[1] - 1 - torch.argmax(mask.flip(1), dim=1)  # last assistant token of each dialogue
-        rewards[torch.arange(len(keep)), last] += torch.tensor(scores[finite], dtype=torch.float32)
-        adv = gae(rewards, values, mask, c.gamma, c.lam)
-        returns = adv + values
+        enc, old, values, returns, adv, mask = (data[k] for k in ("enc", "old", "values", "returns", "adv", "mask"))
         if c.whiten_advantages:
             mu, sd = masked_mean(adv, mask), masked_mean((adv - masked_mean(adv, mask)) ** 2, mask).sqrt()
             adv = (adv - mu) / (sd + 1e-8) * mask
         data = {"enc": enc, "old": old, "values": values, "returns": returns, "adv": adv, "mask": mask,
-                "kl": float(masked_mean(old - ref, mask))}
+                "kl": data["kl"]}
         return Batch(data, stats)
+
+    def gather_dialogues(self, data: dict | None, stats: dict, scores: list) -> tuple[dict | None, dict]:
+        """Every process's dialogues, in rank order, on every process (before whitening, which is global)."""
+        to_cpu = None if data is None else {k: v.cpu() if torch.is_tensor(v) else v for k, v in data.items()}
+        parts = self.dist.gather((to_cpu, stats, scores))
+        stats = sum_stats([p[1] for p in parts])
+        every = [x for p in parts for x in p[2]]
+        stats["mean_return"] = float(np.mean(every)) if every else float("nan")
+        ds = [p[0] for p in parts if p[0] is not None]
+        if not ds:
+            return None, stats
+        dev = self.policy.device
+        encs = [d["enc"] for d in ds]
+        out = {"enc": EncodedTurns(cat_rows([e.input_ids for e in encs], self.policy.tokenizer.pad_token_id),
+                                   cat_rows([e.attention_mask for e in encs]), cat_rows([e.turn_mask for e in encs]))}
+        out.update({k: cat_rows([d[k] for d in ds]).to(dev) for k in ("old", "values", "returns", "adv", "mask")})
+        out["kl"] = sum(d["kl_sum"] for d in ds) / max(float(out["mask"].sum()), 1.0)
+        return out, stats
+
+    def _minibatch_losses(self, d: dict, rows, tokens: float, has_share: bool):
+        """(loss, fraction of the share's tokens, info) of each micro-batch of ``rows``."""
+        c = self.config
+        for chunk in self.micro_batches(rows):
+            idx_t = torch.as_tensor(chunk)
+            enc = d["enc"].select(idx_t)
+            width = enc.input_ids.shape[1] - 1
+            old, v_old, ret, adv, m = (d[k][idx_t][:, :width] for k in ("old", "values", "returns", "adv", "mask"))
+            lp, v = self._forward(enc, train=True)
+            ratio = torch.exp(lp - old)
+            pg = masked_mean(torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - c.clip_range, 1 + c.clip_range)), m)
+            v_clip = v_old + (v - v_old).clamp(-c.clip_range_value, c.clip_range_value)
+            vf = 0.5 * masked_mean(torch.maximum((v - ret) ** 2, (v_clip - ret) ** 2), m)
+            loss = pg + c.vf_coef * vf
+            info = {"pg_loss": pg.detach(), "vf_loss": vf.detach(),
+                    "clipfrac": masked_mean(((ratio - 1).abs() > c.clip_range).float(), m),
+                    "approx_kl": masked_mean(old - lp.detach(), m)}
+            if not has_share:  # nothing of this minibatch here: a zero that still joins the gradient average
+                loss = lp.sum() * 0.0 + v.sum() * 0.0
+            yield loss, (float(m.sum()) / tokens if tokens else 1.0), info
 
     def update(self, batch: Batch) -> dict[str, float]:
         n, c, d = len(batch), self.config, batch.data
@@ -136,22 +189,16 @@ class PPOAgent(Agent):
         self.policy.model.train()
         logs = {"loss": [], "pg_loss": [], "vf_loss": [], "clipfrac": [], "approx_kl": []}
         for idx in self.minibatches(n):
-            idx_t = torch.as_tensor(idx)
-            enc = d["enc"].select(idx_t)
-            width = enc.input_ids.shape[1] - 1
-            old, v_old, ret, adv, m = (d[k][idx_t][:, :width] for k in ("old", "values", "returns", "adv", "mask"))
-            lp, v = self._forward(enc)
-            ratio = torch.exp(lp - old)
-            pg = masked_mean(torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - c.clip_range, 1 + c.clip_range)), m)
-            v_clip = v_old + (v - v_old).clamp(-c.clip_range_value, c.clip_range_value)
-            vf = 0.5 * masked_mean(torch.maximum((v - ret) ** 2, (v_clip - ret) ** 2), m)
-            loss = pg + c.vf_coef * vf
-            if self.optimise(loss):
-                logs["loss"].append(float(loss.detach()))
-                logs["pg_loss"].append(float(pg.detach()))
-                logs["vf_loss"].append(float(vf.detach()))
-                logs["clipfrac"].append(float(masked_mean(((ratio - 1).abs() > c.clip_range).float(), m)))
-                logs["approx_kl"].append(float(masked_mean(old - lp.detach(), m)))
+            mine = self.dist.share(idx)  # one process: the whole minibatch
+            rows = mine if len(mine) else idx[:1]
+            tokens = float(d["mask"][torch.as_tensor(rows)].sum())
+            weight = 1.0  # the loss is a mean over tokens: a process's share weighs its tokens' fraction
+            if self.dist.enabled:
+                weight = tokens / float(d["mask"][torch.as_tensor(idx)].sum()) if len(mine) else 0.0
+            out = self.accumulate_step(self._minibatch_losses(d, rows, tokens, bool(len(mine))), weight)
+            if out:
+                for k in logs:
+                    logs[k].append(out[k])
         self.policy.model.eval()
         self.iteration += 1
         return {**{k: float(np.mean(v)) if v else float("nan") for k, v in logs.items()}, "dialogues": n,

@@ -11,6 +11,13 @@ turn for all dialogues in flight. It can
 - continue each branch to the horizon with a chosen speaker, the judge scoring at the end.
 
 A *speaker* is a :class:`~agents.policy.Policy` or any object with ``act(conversations) -> list[str]``.
+
+Under a multi-process launch (``dist``, see :mod:`agents.distributed`) an engine rolls out its process's
+contiguous block of the n dialogues asked for: every process draws the same numbers from ``rng``, and row j
+of a generation call (counted over the rows of all processes) is sampled with ``seed + j``, so the union of
+the processes' dialogues is what one process rolls out with the same ``rng``. (Exactly so for Policy
+speakers and for users and judges that seed from the dialogue state; a speaker with ``act`` and a random
+state of its own, such as the offline demonstrator, draws its own stream in each process.)
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import numpy as np
 from refuel_env.core import DialogueCore
 from refuel_env.types import DialogueState
 
+from .distributed import SINGLE, Distributed
 from .policy import Policy
 
 
@@ -50,8 +58,9 @@ class PairData:
 
 
 class RolloutEngine:
-    def __init__(self, env: Any):
+    def __init__(self, env: Any, dist: Distributed | None = None):
         self.core = env_core(env)
+        self.dist = dist or SINGLE
         self.stats = {"dialogues": 0, "tokens_generated": 0, "generate_calls": 0, "generate_seconds": 0.0,
                       "env_seconds": 0.0, "env_steps": 0}
 
@@ -74,10 +83,13 @@ class RolloutEngine:
     # ------------------------------------------------------------------ dialogues
     def new_states(self, n: int, rng: np.random.Generator, split: str = "train",
                    horizons: Sequence[int] | None = None) -> list[DialogueState]:
-        self.stats["dialogues"] += n
-        return [self.core.new_state(int(rng.integers(2**62)),
-                                    {"split": split, **({"horizon": int(horizons[i])} if horizons is not None else {})})
-                for i in range(n)]
+        """This process's block of n new dialogues (all of them in one process); all n seeds are drawn."""
+        seeds = [int(rng.integers(2**62)) for _ in range(n)]
+        lo, hi = self.dist.block(n)
+        self.stats["dialogues"] += hi - lo
+        return [self.core.new_state(seeds[i], {"split": split,
+                                               **({"horizon": int(horizons[i])} if horizons is not None else {})})
+                for i in range(lo, hi)]
 
     def advance(self, states: Sequence[DialogueState], speaker: Any, rng: np.random.Generator,
                 until: Sequence[int] | None = None, on_turn: Callable | None = None) -> None:
@@ -85,9 +97,13 @@ class RolloutEngine:
         stop = [s.horizon if until is None else min(int(until[i]), s.horizon) for i, s in enumerate(states)]
         while True:
             live = [i for i, s in enumerate(states) if not s.done and s.turn < stop[i]]
-            if not live:
+            before, total = self.dist.offset(len(live))  # rows of other processes sampled in the same call
+            if not total:
                 return
-            acts = self.speak(speaker, [states[i] for i in live], int(rng.integers(2**31)))
+            seed = int(rng.integers(2**31))
+            if not live:
+                continue
+            acts = self.speak(speaker, [states[i] for i in live], seed + before)
             t0 = time.perf_counter()
             self.core.step([states[i] for i in live], acts)
             self.stats["env_seconds"] += time.perf_counter() - t0
@@ -113,18 +129,25 @@ class RolloutEngine:
         horizons = rng.integers(1, hmax + 1, size=n)
         turns = horizons.copy() if last_turn else np.array([rng.integers(1, H + 1) for H in horizons])
         states = self.new_states(n, rng, split, horizons)
+        lo, hi = self.dist.block(n)
+        horizons, turns = horizons[lo:hi], turns[lo:hi]
         self.advance(states, rollin, rng, until=turns - 1)
         ok = [i for i, s in enumerate(states) if not s.done and s.turn == turns[i] - 1]
-        dropped = {"ended_before_branch": n - len(ok)}
+        dropped = {"ended_before_branch": len(states) - len(ok)}
         roots = [states[i] for i in ok]
         branches = [s.copy() for s in roots for _ in range(2)]
-        if not branches:
+        before, total = self.dist.offset(len(branches))
+        if not total:
             return PairData([], [], np.zeros((0, 2)), np.zeros(0, int), np.zeros(0, int)), dropped
-        first = self.speak(responder, branches, int(rng.integers(2**31)))
-        self.step_with(branches, first)
+        seed = int(rng.integers(2**31))
+        first = self.speak(responder, branches, seed + before) if branches else []
+        if branches:
+            self.step_with(branches, first)
         self.stats["dialogues"] += len(roots)  # each pair adds one more dialogue (the second branch)
         if not last_turn:
             self.advance(branches, continuation or responder, rng)
+        if not branches:
+            return PairData([], [], np.zeros((0, 2)), np.zeros(0, int), np.zeros(0, int)), dropped
         q = np.array([s.scores[-1] for s in branches], dtype=float).reshape(-1, 2)
         return PairData(contexts=[r.messages for r in roots], responses=list(zip(first[0::2], first[1::2])),
                         returns=q, turns=turns[ok], horizons=horizons[ok],

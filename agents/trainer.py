@@ -20,6 +20,10 @@ run killed between logging and checkpointing) are dropped, so that the log match
 killed and resumed reaches the same parameters as an uninterrupted run with the same seed: all the
 randomness of collection and updates lives in the agent's checkpointed state, and evaluation draws
 from its own generators.
+
+Under a multi-process launch (``accelerate launch``; see :mod:`agents.distributed`) every process runs
+``train`` and collects and updates its share; the main process alone evaluates, writes ``out`` and shows
+progress (``out`` must be on a file system every process sees, for resuming).
 """
 
 from __future__ import annotations
@@ -168,13 +172,21 @@ def train(agent: Any, env: Any, iterations: int, eval_every: int = 0, out: str |
     """
     if iterations < 0:
         raise ValueError(f"iterations must be >= 0, got {iterations}")
+    from .distributed import current
+
+    dist = getattr(agent, "dist", None) or current()
+    main = dist.is_main
+    if not main:  # the other processes train silently; the main one logs, evaluates and writes
+        progress, tensorboard, log = False, False, (lambda *a, **k: None)
     out = Path(out) if out is not None else None
     budget = {"iterations": 0, **{k: 0 for k in BUDGET_KEYS}, "wall_seconds": 0.0, "collect_seconds": 0.0,
               "update_seconds": 0.0, "eval_seconds": 0.0}
     history: list[dict] = []
     resumed_from = 0
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
+        if main:
+            out.mkdir(parents=True, exist_ok=True)
+        dist.barrier()
         ckpt = latest_checkpoint(out) if resume else None
         if ckpt is not None:
             with quiet_hf():
@@ -182,15 +194,20 @@ def train(agent: Any, env: Any, iterations: int, eval_every: int = 0, out: str |
             budget.update(json.loads((ckpt / "trainer_state.json").read_text())["budget"])
             resumed_from = int(agent.iteration)
             history = [r for r in read_metrics(out) if r.get("iteration", 0) <= resumed_from]
-            _write_metrics(out, history)
+            if main:
+                _write_metrics(out, history)
             log(f"[train] resumed {getattr(agent, 'name', type(agent).__name__)} from {ckpt} at iteration {resumed_from}")
-        else:  # a fresh start: stale logs of an earlier run (or of one killed before its first checkpoint) go
+        elif main:  # a fresh start: stale logs of an earlier run (or of one killed before its first checkpoint) go
             for p in ("metrics.jsonl", "tb", "checkpoints"):
                 q = out / p
                 if q.is_dir():
                     shutil.rmtree(q)
                 elif q.exists():
                     q.unlink()
+        dist.barrier()  # every process has read the checkpoint before the main one writes the next
+    write = out if main else None  # where the records and checkpoints go
+    if not main:
+        eval_every = 0
     if eval_every and eval_fn is None:
         eval_fn = default_eval_fn(env)
 
@@ -205,8 +222,8 @@ def train(agent: Any, env: Any, iterations: int, eval_every: int = 0, out: str |
 
     def emit(record: dict) -> None:
         history.append(record)
-        if out is not None:
-            with open(out / "metrics.jsonl", "a") as f:
+        if write is not None:
+            with open(write / "metrics.jsonl", "a") as f:
                 f.write(json.dumps({k: _json_safe(v) for k, v in record.items()}) + "\n")
         if writer is not None:
             step = int(record["iteration"])
@@ -221,7 +238,11 @@ def train(agent: Any, env: Any, iterations: int, eval_every: int = 0, out: str |
 
     def evaluate(record: dict) -> dict:
         t0 = time.perf_counter()
+        rng = getattr(agent, "rng", None)
+        saved = rng.bit_generator.state if dist.enabled and rng is not None else None
         res = eval_fn(agent)
+        if saved is not None:  # the other processes do not evaluate: an eval_fn drawing from agent.rng must not
+            rng.bit_generator.state = saved  # put this process's collection out of step with theirs
         dt = time.perf_counter() - t0
         budget["eval_seconds"] += dt
         scal = res.summary() if hasattr(res, "summary") else dict(res)
@@ -268,8 +289,8 @@ def train(agent: Any, env: Any, iterations: int, eval_every: int = 0, out: str |
             budget["wall_seconds"] += time.perf_counter() - t0
             rec["wall_seconds"] = budget["wall_seconds"]
             emit(rec)
-            if out is not None and checkpoint_every and (it % checkpoint_every == 0 or it == iterations):
-                save_checkpoint(agent, out / "checkpoints" / "latest", state())
+            if write is not None and checkpoint_every and (it % checkpoint_every == 0 or it == iterations):
+                save_checkpoint(agent, write / "checkpoints" / "latest", state())
             ran += 1
             bar.update(1)
             post = {"loss": rec.get("loss"), "return": stats.get("mean_return")}
@@ -284,9 +305,10 @@ def train(agent: Any, env: Any, iterations: int, eval_every: int = 0, out: str |
     final = None
     if out is not None:
         final = out / "checkpoints" / "final"
-        if ran or not (final / "trainer_state.json").exists():
+        if main and (ran or not (final / "trainer_state.json").exists()):
             save_checkpoint(agent, final, state())
             if not checkpoint_every:
                 save_checkpoint(agent, out / "checkpoints" / "latest", state())
+        dist.barrier()  # the final checkpoint exists for every process when train returns
     return TrainResult(history=history, budget=dict(budget), checkpoint=str(final) if final else None,
                        resumed_from=resumed_from, iterations_run=ran)

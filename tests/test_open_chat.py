@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import time
+from pathlib import Path
 
 import gymnasium as gym
 import pytest
@@ -15,9 +16,11 @@ from refuel_env.env import RefuelDialogueEnv
 from refuel_env.judges import LLMJudge
 from refuel_env.tasks.open_chat import (OpenChatTask, hh_openings, load_builtin_prompts, ultrainteract_openings)
 from refuel_env.users import LLMUser
-from test_llm_components import FakeBackend, FakeJudgeBackend
+from test_llm_components import FakeBackend, FakeJudgeBackend, reward_model, state  # noqa: F401  (reward_model: a fixture)
 
 torch.set_num_threads(1)
+
+EXAMPLE_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "configs" / "smollm2_chat.toml"
 
 
 def test_builtin_prompts_ship_with_the_package_and_split_by_position():
@@ -149,3 +152,90 @@ def test_chat_env_steps_offline_with_smollm2_as_user_and_judge():
     obs, r, term, trunc, info = env.step("Happy to help with anything else.")
     assert term and r == info["score"] and 0 < r < 1
     print(f"\nSmolLM2 chat env: load {load:.1f}s, one turn (user {12} tokens + judge) {turn:.1f}s")
+
+
+# ------------------------------------------------------------------------------ the SmolLM2 chat demonstration
+def test_smollm2_is_a_model_name_a_policy_config_can_use(monkeypatch, tmp_path):
+    from refuel_env import models
+    from agents.config import EnvConfig, PolicyConfig
+    from agents.policy import Policy
+
+    monkeypatch.setattr(models, "convert_smollm2", lambda target=None: tmp_path / "converted")
+    assert models.resolve_model("smollm2") == models.resolve_model("SmolLM2-135M-Instruct") == str(tmp_path / "converted")
+    assert models.resolve_model("/some/model/dir") == "/some/model/dir"
+    seen = []
+    monkeypatch.setattr(Policy, "from_pretrained", classmethod(lambda cls, path, **kw: seen.append((path, kw)) or "p"))
+    assert PolicyConfig(model="smollm2").load(EnvConfig(task="open-chat-v0"), name="pi_0") == "p"
+    assert [(path, kw["name"]) for path, kw in seen] == [(str(tmp_path / "converted"), "pi_0")]
+
+
+def test_the_example_config_is_an_open_chat_experiment_without_guess_item_arguments():
+    from agents.config import ExperimentConfig, apply_overrides, load_config
+
+    cfg = load_config(EXAMPLE_CONFIG)
+    assert cfg.env.task == "open-chat-v0" and cfg.policy.model == "smollm2" and cfg.env.max_turns == 2
+    assert "n_items" not in cfg.env.task_kwargs  # the default config's guess-item arguments do not leak in
+    task = OpenChatTask(**cfg.env.task_kwargs)
+    assert len(task.prompts["eval"]) == len(task.prompts["train"]) == 25  # holdout_every=2
+    cfg = apply_overrides(cfg, {"env.task_kwargs.holdout_every": 5})  # --set still merges into the task's table
+    assert cfg.env.task_kwargs["holdout_every"] == 5 and cfg.env.task_kwargs["user_model"] == "smollm2"
+    guess = apply_overrides(ExperimentConfig(), {"env.task_kwargs.n_items": 16})
+    assert guess.env.task_kwargs == {"n_items": 16, "noise": 0.0}
+    with pytest.raises(ValueError, match="holdout_every"):
+        OpenChatTask(holdout_every=1)
+
+
+def test_judges_score_the_dialogue_up_to_its_last_assistant_message(reward_model):  # noqa: F811
+    from refuel_env.judges import RewardModelJudge
+
+    judge = LLMJudge(FakeJudgeBackend())  # P(Yes) is high when the transcript contains "good"
+    answered, pending = state("Q?", "A bad answer."), state("Q?", "A bad answer.", "Is that good?")
+    assert "Is that good?" not in judge.pointwise_prompt(pending)[0]["content"]
+    assert judge.score([pending])[0].value == judge.score([answered])[0].value < 0.5
+    rm = RewardModelJudge(*reward_model)
+    assert rm.score([pending])[0].value == pytest.approx(rm.score([answered])[0].value, abs=1e-6)
+
+
+class Says:
+    """A speaker whose assistant turn t is ``turns[t]``."""
+
+    def __init__(self, *turns):
+        self.turns = turns
+
+    def act(self, conversations):
+        return [self.turns[sum(m["role"] == "assistant" for m in c)] for c in conversations]
+
+
+def test_open_chat_evaluation_judges_each_turn_as_the_env_scored_it(monkeypatch, tmp_path):
+    from agents.config import load_config
+    from agents.evaluate import Evaluator
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(EXAMPLE_CONFIG)
+    judge_backend = FakeJudgeBackend()
+    kwargs = cfg.env.kwargs()  # the demonstration's env, with fake models in place of SmolLM2
+    kwargs["task_kwargs"].update(user_model=FakeBackend(reply=lambda c, s: "Question: is that good?"),
+                                 judge_model=judge_backend, prompts=[f"Tell me about topic {i}." for i in range(10)])
+    env = RefuelDialogueEnv(**kwargs)
+    core = env.unwrapped.core
+    assert isinstance(core.judge.backend, CachedBackend) and str(core.judge.backend.path) == ":memory:"
+    res = Evaluator(env, Says("A bad answer.", "A good answer."), n_dialogues=4, seed=0, examples=1)(
+        Says("A good answer.", "A bad answer."))
+    # turn 1: good beats bad (the user's next message, "is that good?", is not part of what is judged);
+    # turn 2: both dialogues contain a good answer
+    assert res.win_rate == [1.0, 0.5] and res.score[0] > res.reference_score[0]
+    assert res.score[1] == res.reference_score[1]
+    # one judge call per turn and side while rolling out; the comparisons re-judge the same dialogues from the cache
+    assert judge_backend.calls == 4 and core.judge.backend.stats["hits"] == 16
+    assert list(tmp_path.iterdir()) == []  # the in-memory cache writes nothing
+
+
+def test_in_memory_cache_answers_repeats_and_writes_nothing(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    inner = FakeBackend()
+    cache = CachedBackend(inner, ":memory:")
+    convs = [[{"role": "user", "content": f"hi {i}"}] for i in range(3)]
+    first = cache.generate(convs, SamplingParams(max_new_tokens=4), seeds=[1, 2, 3])
+    assert cache.generate(convs, SamplingParams(max_new_tokens=4), seeds=[1, 2, 3]) == first
+    assert len(inner.calls) == 1 and cache.stats["hits"] == 3 and len(cache) == 3
+    assert list(tmp_path.iterdir()) == []

@@ -21,6 +21,7 @@ torch and transformers are imported when a back end is built, not when this modu
 from __future__ import annotations
 
 import contextlib
+import inspect
 import time
 from typing import Any, Sequence
 
@@ -309,11 +310,13 @@ class TransformersBackend(BackendBase):
         for chunk in self._chunks(len(convs), [len(p) for p in prompts]):
             ids, mask = self._pad_left([prompts[i] for i in chunk])
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            # only the last position's logits are needed: skip the LM head on every other position
+            keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(self.model.forward).parameters else {}
             with torch.no_grad(), _eval_mode(self.model):
                 try:
-                    logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1]
+                    logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, **keep).logits[:, -1]
                 except TypeError:
-                    logits = self.model(input_ids=ids, attention_mask=mask).logits[:, -1]
+                    logits = self.model(input_ids=ids, attention_mask=mask, **keep).logits[:, -1]
             lp = torch.log_softmax(logits.float(), dim=-1)[:, cand_ids].double().cpu().numpy()
             if not np.all(np.isfinite(lp)):
                 raise BackendError("the model produced NaN or infinite log-probabilities; check its weights and dtype")

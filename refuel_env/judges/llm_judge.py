@@ -1,5 +1,7 @@
 """LLM judge: a text-generation back end scores dialogues (pointwise) and compares them (pairwise).
 
+Both score the dialogue up to its last assistant message (:func:`judged_messages`).
+
 Pointwise (:meth:`LLMJudge.score`): the dialogue is shown as a transcript with a rubric question
 answerable by Yes or No; the score is ``P(Yes) / (P(Yes) + P(No))`` from the back end's
 next-token log-probabilities (``method="logprob"``, one forward pass). A back end without
@@ -39,8 +41,19 @@ PAIRWISE = ("Please act as an impartial judge. Below are two conversations, A an
             "Which assistant is better? Answer with A or B only.")
 
 
+def judged_messages(messages: Conversation) -> Conversation:
+    """The dialogue up to and including its last assistant message: what a judge scores.
+
+    The env asks the judge right after the assistant's turn, before the user's next message; a state
+    taken after the step (an evaluation snapshot at turn h < H) also holds that user message, which
+    the assistant has not answered yet. Cutting it gives both the same score."""
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages) - 1)
+    return list(messages[: last + 1])
+
+
 def transcript(messages: Conversation) -> str:
-    return "".join(f"### {m['role']}: {m['content']}\n\n" for m in messages if m["role"] != "system")
+    """The dialogue (up to its last assistant message) as ``### role: content`` blocks, system messages left out."""
+    return "".join(f"### {m['role']}: {m['content']}\n\n" for m in judged_messages(messages) if m["role"] != "system")
 
 
 def _two_way(lp: np.ndarray) -> np.ndarray:

@@ -1,8 +1,9 @@
 """Reward-model judge: any ``AutoModelForSequenceClassification`` scores the dialogue so far.
 
 This is how the paper uses ArmoRM (``RLHFlow/ArmoRM-Llama3-8B-v0.1``): the conversation up to the
-latest assistant turn goes through the reward model's chat template, and its scalar output is the
-score. ArmoRM ships custom modelling code, so it needs ``trust_remote_code=True``, which is never
+latest assistant turn (a user message after it is left out, see
+:func:`~refuel_env.judges.llm_judge.judged_messages`) goes through the reward model's chat template,
+and its scalar output is the score. ArmoRM ships custom modelling code, so it needs ``trust_remote_code=True``, which is never
 the default here: pass it explicitly for a model you trust (the paper's preset does).
 
 Batched: one forward pass per ``batch_size`` chunk, left padding. A conversation longer than
@@ -20,6 +21,7 @@ import numpy as np
 
 from ..registry import JUDGES
 from ..types import DialogueState, JudgeScore
+from .llm_judge import judged_messages
 
 
 class RewardModelJudge:
@@ -106,7 +108,7 @@ class RewardModelJudge:
     def encode(self, states: Sequence[DialogueState]) -> tuple[list[list[int]], list[bool]]:
         rows, cut = [], []
         for s in states:
-            text = self.tokenizer.apply_chat_template(s.messages, tokenize=False)
+            text = self.tokenizer.apply_chat_template(judged_messages(s.messages), tokenize=False)
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             cut.append(len(ids) > self.max_length)
             rows.append(list(ids[-self.max_length:]))

@@ -3,14 +3,14 @@
 Prompt sets (``prompts=``):
 
 - ``"builtin"`` (default): 50 short, varied prompts shipped in ``refuel_env/data/open_chat_prompts.txt``
-  (every fifth one held out for evaluation). Works offline.
+  (every fifth one held out for evaluation; ``holdout_every=2`` holds out every second). Works offline.
 - ``"hh"``: Anthropic HH as the paper uses it (``trl-internal-testing/hh-rlhf-trl-style``, its train and
   test splits): dialogues whose messages alternate user/assistant, with at most 5 turns and an
   opening prompt of at most ``max_prompt_tokens`` tokens; the opening user message is the prompt.
 - ``"ultrainteract"``: ``openbmb/UltraInteract_pair`` with the paper's filters (alternating roles,
   at most 5 turns, duplicates of the same user prompts dropped); 500 held out for evaluation.
 - a path to a ``.txt`` file (one prompt per line) or ``.jsonl`` file (``{"prompt": ...}`` per line),
-  or a list of strings (every fifth held out).
+  or a list of strings (every ``holdout_every``-th held out, default every fifth).
 
 The hub sets are downloaded with ``datasets.load_dataset`` (network or a datasets cache needed).
 Token counts for the length filter use ``prompt_tokenizer`` when given (the paper used Llama-3's),
@@ -172,9 +172,11 @@ class OpenChatTask:
                  backend_kwargs: dict | None = None, user_params: dict | SamplingParams | None = None,
                  judge: str = "llm", reward_model: str | None = None, trust_remote_code: bool = False,
                  cache: str | Path | None = None, max_prompt_tokens: int = PAPER_MAX_PROMPT_TOKENS,
-                 prompt_tokenizer: Any = None):
+                 prompt_tokenizer: Any = None, holdout_every: int = 5):
         if max_turns < 1:
             raise ValueError(f"max_turns must be >= 1, got {max_turns}")
+        if int(holdout_every) < 2:
+            raise ValueError(f"holdout_every must be >= 2 (every k-th prompt is held out), got {holdout_every}")
         if judge not in ("llm", "reward-model"):
             raise ValueError(f"judge must be 'llm' or 'reward-model', got {judge!r}")
         if judge == "reward-model" and reward_model is None:
@@ -191,9 +193,10 @@ class OpenChatTask:
         if isinstance(prompts, str) and prompts in ("hh", "ultrainteract"):
             self.prompts = load_hub_prompts(prompts, max_turns, max_prompt_tokens, prompt_tokenizer)
         elif isinstance(prompts, str):
-            self.prompts = split_by_position(load_builtin_prompts() if prompts == "builtin" else load_prompt_file(prompts))
+            self.prompts = split_by_position(load_builtin_prompts() if prompts == "builtin" else load_prompt_file(prompts),
+                                             int(holdout_every))
         elif isinstance(prompts, (list, tuple)) and all(isinstance(p, str) for p in prompts):
-            self.prompts = split_by_position(list(prompts))
+            self.prompts = split_by_position(list(prompts), int(holdout_every))
         else:
             raise TypeError("prompts must be 'builtin', 'hh', 'ultrainteract', a .txt/.jsonl path, or a list of strings")
         for split, ps in self.prompts.items():
