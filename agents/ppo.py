@@ -181,7 +181,7 @@ class PPOAgent(Agent):
             yield loss, (float(m.sum()) / tokens if tokens else 1.0), info
 
     def update(self, batch: Batch) -> dict[str, float]:
-        n, c, d = len(batch), self.config, batch.data
+        n, d = len(batch), batch.data
         if n == 0:
             self.skipped["empty_batches"] += 1
             self.iteration += 1

@@ -74,7 +74,7 @@ def test_hh_and_ultrainteract_use_the_papers_filters(monkeypatch):
           {"chosen": [u("long " * 200), a("x")]},                          # prompt over 128 tokens
           {"chosen": [u("ok two"), a("x"), u("more"), a("y")]}]
     assert hh_openings(hh) == ["ok one", "ok two"]
-    f, g = (lambda r, t: {"from": r, "value": t}), None
+    f = (lambda r, t: {"from": r, "value": t})
     ui = [{"trajectory": [f("user", "solve 1")], "chosen": "a"},
           {"trajectory": [f("user", "solve 1")], "chosen": "b"},            # duplicate user prompts
           {"trajectory": [f("user", "solve 2"), f("assistant", "x"), f("user", "fix")], "chosen": "c"},

@@ -118,6 +118,23 @@ def check_count(outputs: Sequence[Any], n: int, who: str) -> None:
                            "return exactly one completion per conversation (check the server or engine configuration)")
 
 
+def first_token_ids(candidates: Sequence[str], encode) -> list[int]:
+    """The first token of each candidate answer under ``encode`` (text -> token ids, no special tokens); they
+    must all differ, so that one next-token distribution ranks them."""
+    if isinstance(candidates, str) or not candidates:
+        raise ValueError("candidates must be a non-empty list of strings, e.g. ['Yes', 'No']")
+    ids = []
+    for c in candidates:
+        toks = encode(c)
+        if not toks:
+            raise ValueError(f"candidate {c!r} tokenizes to nothing")
+        ids.append(int(toks[0]))
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"candidates {list(candidates)} do not all start with different tokens "
+                         f"(first tokens {ids}); choose answers that differ in their first token")
+    return ids
+
+
 def conversation_key(conversation: Conversation) -> str:
     """A stable text form of a conversation (for cache keys and hashing)."""
     return json.dumps([[m["role"], m["content"]] for m in conversation], ensure_ascii=False, separators=(",", ":"))

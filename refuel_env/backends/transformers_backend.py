@@ -29,7 +29,7 @@ import numpy as np
 
 from ..registry import BACKENDS
 from ..types import Conversation, SamplingParams
-from .base import (BackendBase, BackendError, Generation, check_conversations, cut_at_stop)
+from .base import BackendBase, BackendError, Generation, check_conversations, cut_at_stop, first_token_ids
 
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
 
@@ -328,18 +328,7 @@ class TransformersBackend(BackendBase):
         return out
 
     def candidate_token_ids(self, candidates: Sequence[str]) -> list[int]:
-        if isinstance(candidates, str) or not candidates:
-            raise ValueError("candidates must be a non-empty list of strings, e.g. ['Yes', 'No']")
-        ids = []
-        for c in candidates:
-            toks = self.tokenizer(c, add_special_tokens=False)["input_ids"]
-            if not toks:
-                raise ValueError(f"candidate {c!r} tokenizes to nothing")
-            ids.append(int(toks[0]))
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"candidates {list(candidates)} do not all start with different tokens "
-                             f"(first tokens {ids}); choose answers that differ in their first token")
-        return ids
+        return first_token_ids(candidates, lambda c: self.tokenizer(c, add_special_tokens=False)["input_ids"])
 
 
 @BACKENDS.register("transformers")

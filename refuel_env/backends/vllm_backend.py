@@ -32,6 +32,7 @@ from .base import (
     Generation,
     check_conversations,
     check_count,
+    first_token_ids,
 )
 
 MISSING = ("the vLLM back end needs the vllm package: pip install 'refuel-env[vllm]' (or pip install vllm) on a "
@@ -128,19 +129,8 @@ class VLLMBackend(BackendBase):
 
     def candidate_token_ids(self, candidates: Sequence[str]) -> list[int]:
         """The first token of each candidate answer (they must all differ)."""
-        if isinstance(candidates, str) or not candidates:
-            raise ValueError("candidates must be a non-empty list of strings, e.g. ['Yes', 'No']")
         tok = self.llm.get_tokenizer()
-        ids = []
-        for c in candidates:
-            toks = tok.encode(c, add_special_tokens=False)
-            if not toks:
-                raise ValueError(f"candidate {c!r} tokenizes to nothing")
-            ids.append(int(toks[0]))
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"candidates {list(candidates)} do not all start with different tokens "
-                             f"(first tokens {ids}); choose answers that differ in their first token")
-        return ids
+        return first_token_ids(candidates, lambda c: tok.encode(c, add_special_tokens=False))
 
     def next_token_logprobs(self, conversations: Sequence[Conversation], candidates: Sequence[str]) -> np.ndarray:
         """Log-probability of each candidate's first token as the start of the reply, ``[len(conversations),
