@@ -94,6 +94,13 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def add_dry_run(p: argparse.ArgumentParser, promise: str) -> None:
+    p.add_argument("--dry-run", action="store_true",
+                   help=f"check the configuration, print it (JSON, stdout) and the plan and hardware estimate (stderr); "
+                        f"{promise}")
+    p.add_argument("--gpu-gib", type=float, default=80.0, help="GPU memory the --dry-run estimate assumes (default 80)")
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="refuel", description="refuel-env: train and compare multi-turn RL agents")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -104,10 +111,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--agents", help=f"comma-separated rows or registered agents (default {','.join(DEFAULT_ROWS)})")
     b.add_argument("--seeds", help="comma-separated training seeds")
     b.add_argument("--no-retry-failed", action="store_true", help="keep failed units of an earlier run as failed")
-    b.add_argument("--dry-run", action="store_true",
-                   help="check the configuration, print it (JSON, stdout) and the plan and hardware estimate (stderr); "
-                        "load and download nothing")
-    b.add_argument("--gpu-gib", type=float, default=80.0, help="GPU memory the --dry-run estimate assumes (default 80)")
+    add_dry_run(b, "load and download nothing")
 
     t = sub.add_parser("train", help="train one agent (metrics.jsonl, TensorBoard, checkpoints; resumes)")
     add_common(t)
@@ -116,10 +120,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, help="training seed (default: the config's first seed)")
     t.add_argument("--eval-every", type=int, help="evaluate every N iterations (default eval.curve_every)")
     t.add_argument("--no-resume", action="store_true", help="start over even if OUT has a checkpoint")
-    t.add_argument("--dry-run", action="store_true",
-                   help="check the configuration, print it (JSON, stdout) and the plan and hardware estimate (stderr); "
-                        "load and download nothing, write nothing")
-    t.add_argument("--gpu-gib", type=float, default=80.0, help="GPU memory the --dry-run estimate assumes (default 80)")
+    add_dry_run(t, "load and download nothing, write nothing")
 
     e = sub.add_parser("eval", help="per-turn win rate of a checkpoint against pi_0")
     add_common(e)

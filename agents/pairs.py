@@ -120,10 +120,7 @@ class PairAgent(Agent):
             return None, stats
         halves = [[d["enc"].select(slice(0, len(d["old_a"]))) for d in ds],  # rows of a, then rows of b
                   [d["enc"].select(slice(len(d["old_a"]), None)) for d in ds]]
-        pad = self.policy.tokenizer.pad_token_id
-        encs = [e for half in halves for e in half]
-        enc = EncodedTurns(cat_rows([e.input_ids for e in encs], pad), cat_rows([e.attention_mask for e in encs]),
-                           cat_rows([e.turn_mask for e in encs]))
+        enc = EncodedTurns.cat([e for half in halves for e in half], self.policy.tokenizer.pad_token_id)
         data = {k: cat_rows([d[k] for d in ds]) for k in ("old_a", "old_b", "returns")}
         data.update({k: [x for d in ds for x in d[k]] for k in ("contexts", "responses")})
         data.update({k: np.concatenate([d[k] for d in ds]) for k in ("turns", "horizons")})

@@ -36,6 +36,8 @@ from torch.nn.utils.rnn import pad_sequence
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from trl.trainer.utils import selective_log_softmax
 
+from .distributed import cat_rows
+
 Conversation = list[dict]
 
 
@@ -58,6 +60,12 @@ class EncodedTurns:
         ids, att, m = self.input_ids[idx], self.attention_mask[idx], self.turn_mask[idx]
         width = int(att.sum(1).max())
         return EncodedTurns(ids[:, :width], att[:, :width], m[:, :width])
+
+    @staticmethod
+    def cat(parts: Sequence["EncodedTurns"], pad_token_id: int) -> "EncodedTurns":
+        """The rows of ``parts`` in order, right-padded to the widest."""
+        return EncodedTurns(cat_rows([e.input_ids for e in parts], pad_token_id),
+                            cat_rows([e.attention_mask for e in parts]), cat_rows([e.turn_mask for e in parts]))
 
 
 class Policy:

@@ -152,9 +152,7 @@ class PPOAgent(Agent):
         if not ds:
             return None, stats
         dev = self.policy.device
-        encs = [d["enc"] for d in ds]
-        out = {"enc": EncodedTurns(cat_rows([e.input_ids for e in encs], self.policy.tokenizer.pad_token_id),
-                                   cat_rows([e.attention_mask for e in encs]), cat_rows([e.turn_mask for e in encs]))}
+        out = {"enc": EncodedTurns.cat([d["enc"] for d in ds], self.policy.tokenizer.pad_token_id)}
         out.update({k: cat_rows([d[k] for d in ds]).to(dev) for k in ("old", "values", "returns", "adv", "mask")})
         out["kl"] = sum(d["kl_sum"] for d in ds) / max(float(out["mask"].sum()), 1.0)
         return out, stats

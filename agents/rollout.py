@@ -146,8 +146,6 @@ class RolloutEngine:
         self.stats["dialogues"] += len(roots)  # each pair adds one more dialogue (the second branch)
         if not last_turn:
             self.advance(branches, continuation or responder, rng)
-        if not branches:
-            return PairData([], [], np.zeros((0, 2)), np.zeros(0, int), np.zeros(0, int)), dropped
         q = np.array([s.scores[-1] for s in branches], dtype=float).reshape(-1, 2)
         return PairData(contexts=[r.messages for r in roots], responses=list(zip(first[0::2], first[1::2])),
                         returns=q, turns=turns[ok], horizons=horizons[ok],
