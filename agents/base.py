@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from refuel_env.core import machine_of
 from refuel_env.registry import Registry
 
 from . import distributed
@@ -180,7 +181,7 @@ class Agent:
     def engine(self, env) -> RolloutEngine:
         """The rollout engine on ``env``; under a multi-process launch it rolls out this process's share."""
         eng = getattr(self, "_engine", None)
-        if eng is None or eng.core is not getattr(getattr(env, "unwrapped", env), "core", None):
+        if eng is None or eng.machine is not machine_of(env):
             self._engine = eng = RolloutEngine(env, dist=self.dist)
         return eng
 

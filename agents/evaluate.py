@@ -27,7 +27,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from .policy import Policy
-from .rollout import RolloutEngine, env_core
+from refuel_env.core import machine_of
+
+from .rollout import RolloutEngine
 
 
 # ------------------------------------------------------------------------------------------ bootstrap
@@ -97,7 +99,7 @@ def rollout(speaker: Any, env: Any, n: int, seed: int, temperature: float | None
             horizon: int | None = None) -> Rollouts:
     """n held-out dialogues of ``speaker`` (a Policy, or anything with ``act``), all with horizon H_max."""
     eng = RolloutEngine(env)
-    H = int(horizon or eng.core.max_turns)
+    H = int(horizon or eng.machine.max_turns)
     t0 = time.perf_counter()
     with sampling_temperature([speaker], temperature):
         temp = float(getattr(speaker, "temperature", float("nan")))
@@ -202,10 +204,10 @@ class Evaluator:
         if n_dialogues < 1:
             raise ValueError(f"n_dialogues must be >= 1, got {n_dialogues}")
         self.env, self.reference = env, reference
-        self.core = env_core(env)
+        self.machine = machine_of(env)
         self.n, self.seed, self.temperature = int(n_dialogues), int(seed), temperature
         self.examples, self.n_boot = int(examples), int(n_boot)
-        self.horizon = int(self.core.max_turns)
+        self.horizon = int(self.machine.max_turns)
         self._ref_cache: dict = {}
 
     def _temp(self, policy: Any) -> float | None:
@@ -230,7 +232,7 @@ class Evaluator:
 
     def result(self, mine: Rollouts, ref: Rollouts) -> EvalResult:
         H = self.horizon
-        wins = compare_at_turns(self.core.judge, mine, ref, H)
+        wins = compare_at_turns(self.machine.judge, mine, ref, H)
         scores = np.array([[score_at_turn(s, h) for h in range(1, H + 1)] for s in mine.finals])
         ref_scores = np.array([[score_at_turn(s, h) for h in range(1, H + 1)] for s in ref.finals])
         examples = []

@@ -48,15 +48,7 @@ class PairAgent(Agent):
             return self.policy
         if which == "reference":
             return self.ref_policy
-        make = getattr(task, "offline_speaker", None)
-        if make is None:
-            from refuel_env.tasks.guess_item import GuessItemTask
-            from refuel_env.tasks.guess_item_players import ScriptedQuestioner
-
-            if not isinstance(task, GuessItemTask):
-                raise ValueError(f"task {task.task_id} has no offline data for rollin='offline'; use 'reference'")
-            return ScriptedQuestioner(task, "demonstrator", seed=self.dist.process_seed(int(self.rng.integers(2**31))))
-        return make(seed=self.dist.process_seed(int(self.rng.integers(2**31))))
+        return task.offline_speaker(seed=self.dist.process_seed(int(self.rng.integers(2**31))))
 
     def encode_pairs(self, contexts, responses) -> tuple[EncodedTurns | None, list[int], int]:
         """Encode both responses of each pair (rows i and n+i); drop and count pairs the template breaks."""
@@ -79,8 +71,8 @@ class PairAgent(Agent):
         eng = self.engine(env)
         before = dict(eng.stats)
         self.policy.model.eval()
-        pairs, dropped = eng.pairs(c.batch_size, self.rng, rollin=self.speaker(c.rollin, eng.core.task),
-                                   responder=self.speaker(c.responder, eng.core.task), continuation=None,
+        pairs, dropped = eng.pairs(c.batch_size, self.rng, rollin=self.speaker(c.rollin, eng.machine.task),
+                                   responder=self.speaker(c.responder, eng.machine.task), continuation=None,
                                    last_turn=c.target == "last_turn")
         n0 = len(pairs.contexts)
         finite = np.isfinite(pairs.returns).all(1)

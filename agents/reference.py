@@ -24,7 +24,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from refuel_env.core import DialogueCore
+from refuel_env.core import DialogueMachine
 from refuel_env.tasks.guess_item import ATTRIBUTES, CATALOGUE, FINAL, NO, POSSIBLE, RIGHT, TOO_MANY, UNCLEAR, WRONG, YES
 from refuel_env.tasks.guess_item_players import ScriptedQuestioner
 
@@ -90,7 +90,7 @@ def build_tokenizer(items, vocab_size: int) -> PreTrainedTokenizerFast:
 
 def demonstrations(cfg: ReferenceConfig) -> list[list[dict]]:
     """Dialogues of the scripted demonstrator with the scripted user, horizons uniform in 1..H_max."""
-    core = DialogueCore(task_kwargs={"n_items": cfg.n_items, "noise": cfg.noise}, max_turns=cfg.max_turns)
+    core = DialogueMachine(task_kwargs={"n_items": cfg.n_items, "noise": cfg.noise}, max_turns=cfg.max_turns)
     demo = ScriptedQuestioner(core.task, "demonstrator", epsilon=cfg.epsilon, seed=cfg.seed, phrasing=cfg.demo_phrasing)
     rng = np.random.default_rng(cfg.seed)
     states = [core.new_state(int(rng.integers(2**62))) for _ in range(cfg.n_dialogues)]

@@ -1,6 +1,6 @@
 """The shared rollout engine: every agent collects its data through it.
 
-It drives the environment's batched state machine (``env.core``, the same one the vector env steps)
+It drives the environment's batched state machine (``env.machine``, the same one the vector env steps)
 with ONE batched generation call and ONE batched ``core.step`` (one user call, one judge call) per
 turn for all dialogues in flight. It can
 
@@ -28,21 +28,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from refuel_env.core import DialogueCore
+from refuel_env.core import machine_of
 from refuel_env.types import DialogueState
 
 from .distributed import SINGLE, Distributed
 from .policy import Policy
-
-
-def env_core(env: Any) -> DialogueCore:
-    """The batched dialogue state machine behind a single, vector or wrapped env."""
-    for obj in (env, getattr(env, "unwrapped", None)):
-        core = getattr(obj, "core", None)
-        if isinstance(core, DialogueCore):
-            return core
-    raise TypeError(f"{type(env).__name__} is not a refuel_env environment; pass gym.make('RefuelDialogue-v0', ...) "
-                    "or gym.make_vec('RefuelDialogue-v0', ...)")
 
 
 @dataclass
@@ -59,7 +49,7 @@ class PairData:
 
 class RolloutEngine:
     def __init__(self, env: Any, dist: Distributed | None = None):
-        self.core = env_core(env)
+        self.machine = machine_of(env)
         self.dist = dist or SINGLE
         self.stats = {"dialogues": 0, "tokens_generated": 0, "generate_calls": 0, "generate_seconds": 0.0,
                       "env_seconds": 0.0, "env_steps": 0}
@@ -77,7 +67,7 @@ class RolloutEngine:
             raise TypeError(f"a speaker must be a Policy or have act(conversations); got {type(speaker).__name__}")
         self.stats["generate_seconds"] += time.perf_counter() - t0
         self.stats["generate_calls"] += 1
-        limit = self.core.max_message_chars
+        limit = self.machine.max_message_chars
         return [t[:limit] for t in out]
 
     # ------------------------------------------------------------------ dialogues
@@ -87,7 +77,7 @@ class RolloutEngine:
         seeds = [int(rng.integers(2**62)) for _ in range(n)]
         lo, hi = self.dist.block(n)
         self.stats["dialogues"] += hi - lo
-        return [self.core.new_state(seeds[i], {"split": split,
+        return [self.machine.new_state(seeds[i], {"split": split,
                                                **({"horizon": int(horizons[i])} if horizons is not None else {})})
                 for i in range(lo, hi)]
 
@@ -105,7 +95,7 @@ class RolloutEngine:
                 continue
             acts = self.speak(speaker, [states[i] for i in live], seed + before)
             t0 = time.perf_counter()
-            self.core.step([states[i] for i in live], acts)
+            self.machine.step([states[i] for i in live], acts)
             self.stats["env_seconds"] += time.perf_counter() - t0
             self.stats["env_steps"] += 1
             if on_turn is not None:
@@ -113,7 +103,7 @@ class RolloutEngine:
 
     def step_with(self, states: Sequence[DialogueState], actions: Sequence[str]) -> None:
         t0 = time.perf_counter()
-        self.core.step(list(states), list(actions))
+        self.machine.step(list(states), list(actions))
         self.stats["env_seconds"] += time.perf_counter() - t0
         self.stats["env_steps"] += 1
 
@@ -125,7 +115,7 @@ class RolloutEngine:
 
         Returns the pairs and counts of what was dropped (dialogues that ended before turn h).
         """
-        hmax = self.core.max_turns
+        hmax = self.machine.max_turns
         horizons = rng.integers(1, hmax + 1, size=n)
         turns = horizons.copy() if last_turn else np.array([rng.integers(1, H + 1) for H in horizons])
         states = self.new_states(n, rng, split, horizons)

@@ -40,7 +40,7 @@ def measure(batch: int, policy: Policy, horizon: int, user_tokens: int, rounds: 
     vec = gym.make_vec("RefuelChat-v0", num_envs=batch, horizon="fixed", max_message_chars=1024,
                        task_kwargs={"max_turns": horizon, "user_params": {"max_new_tokens": user_tokens, "temperature": 0.7}},
                        user_kwargs={"format": "swap"})
-    core = vec.core
+    core = vec.machine
     obs, _ = vec.reset(seed=seed)
     vec.step(policy.act(list(obs["messages"]), seed=seed))  # warm-up: loads the user/judge model, first calls
     gen_s, turns, steps = 0.0, 0, 0

@@ -48,7 +48,7 @@ def main() -> None:
     hf_logging.disable_progress_bar()
     env = gym.make_vec("RefuelDialogue-v0", num_envs=1)
     pi0 = load_reference(args.reference)
-    H = env.unwrapped.core.max_turns if hasattr(env, "unwrapped") else env.core.max_turns
+    H = env.unwrapped.machine.max_turns if hasattr(env, "unwrapped") else env.machine.max_turns
     workloads = {
         "refuel pairs (relative future)": lambda eng, rng: eng.pairs(args.n, rng, pi0, pi0, pi0, last_turn=False),
         "rebel/dpo pairs (last turn)": lambda eng, rng: eng.pairs(args.n, rng, pi0, pi0, None, last_turn=True),

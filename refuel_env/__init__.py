@@ -5,7 +5,7 @@
 
 from gymnasium.envs.registration import register, registry as _gym_registry
 
-from .core import DialogueCore, EnvError, JudgeError, UserSimulatorError
+from .core import DialogueMachine, EnvError, JudgeError, StepResult, UserSimulatorError, machine_of
 from .env import RefuelDialogueEnv
 from .registry import BACKENDS, JUDGES, TASKS, USERS
 from .types import Conversation, DialogueState, JudgeScore, Message, SamplingParams, UserTurn
@@ -17,6 +17,6 @@ if "RefuelDialogue-v0" not in _gym_registry:
     register(id="RefuelDialogue-v0", entry_point="refuel_env.env:RefuelDialogueEnv",
              vector_entry_point="refuel_env.vector:RefuelVectorEnv", disable_env_checker=False)
 
-__all__ = ["RefuelDialogueEnv", "RefuelVectorEnv", "DialogueCore", "DialogueState", "JudgeScore", "UserTurn",
+__all__ = ["RefuelDialogueEnv", "RefuelVectorEnv", "DialogueMachine", "machine_of", "StepResult", "DialogueState", "JudgeScore", "UserTurn",
            "SamplingParams", "Message", "Conversation", "EnvError", "JudgeError", "UserSimulatorError",
            "TASKS", "USERS", "JUDGES", "BACKENDS"]

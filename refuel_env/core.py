@@ -1,6 +1,15 @@
-"""The dialogue state machine, batched. Single, vector and PettingZoo environments are views of it.
+"""The batched dialogue state machine. Single, vector and PettingZoo environments are views of it.
 
-One :meth:`DialogueCore.step` call advances N dialogues with ONE call to the user simulator and ONE
+:class:`DialogueMachine` is public API: it is what a learning algorithm drives when the Gymnasium
+step API is too narrow (branching K responses from one state, rolling dialogues in to different turns).
+Get it from any env of this package with :func:`machine_of` (``env.unwrapped.machine``)::
+
+    machine = refuel_env.machine_of(env)
+    states = machine.new_states(seeds=[1, 2, 3])                 # create N dialogues
+    results = machine.step(states, ["Is it a mammal?"] * 3)      # step a batch: ONE user call, ONE judge call
+    a, b = machine.branch(states[0], 2)                          # independent copies of one state
+
+One :meth:`DialogueMachine.step` call advances N dialogues with ONE call to the user simulator and ONE
 call to the judge. Every step is transactional: if validation, the user or the judge fails, every
 state is rolled back and the error says what to do.
 """
@@ -78,8 +87,9 @@ def _copy_plain(x: Any) -> Any:
     return copy.deepcopy(x)
 
 
-class DialogueCore:
-    """Shared dialogue logic.
+class DialogueMachine:
+    """The batched dialogue state machine: dialogues are :class:`DialogueState` values, and one
+    :meth:`step` advances any batch of them (one user call, one judge call).
 
     Args:
         task: task name (see ``refuel_env.registry.TASKS.names()``) or a task object.
@@ -162,6 +172,21 @@ class DialogueCore:
                                  f"{s.turn + 1}..{self.max_turns}; got {s.horizon}")
             s.memory = self.task.memory_from_prefix(prefix, s.goal)
         return s
+
+    def new_states(self, seeds: Sequence[int], options: dict | None = None,
+                   per_dialogue: Sequence[dict] | None = None) -> list[DialogueState]:
+        """N fresh dialogues, one per episode seed; ``options`` as in :meth:`new_state` (for all of them),
+        ``per_dialogue``: options of each one (e.g. ``[{"horizon": 2}, {"horizon": 4}]``)."""
+        if per_dialogue is not None and len(per_dialogue) != len(seeds):
+            raise ValueError(f"got {len(per_dialogue)} per-dialogue options for {len(seeds)} seeds")
+        return [self.new_state(int(seed), {**(options or {}), **(per_dialogue[i] if per_dialogue else {})})
+                for i, seed in enumerate(seeds)]
+
+    @staticmethod
+    def branch(state: DialogueState, k: int = 2) -> list[DialogueState]:
+        """``k`` independent deep copies of ``state`` (same hidden goal, same user and judge random states):
+        stepping one never touches the others or the original."""
+        return [state.copy() for _ in range(int(k))]
 
     def observation(self, s: DialogueState) -> dict:
         return {"messages": tuple({"role": m["role"], "content": m["content"]} for m in s.messages), "turn": s.turn}
@@ -302,3 +327,14 @@ class DialogueCore:
             results.append(StepResult(reward, terminated, truncated, info))
         self.stats["steps"] += 1
         return results
+
+
+def machine_of(env: Any) -> DialogueMachine:
+    """The :class:`DialogueMachine` behind a single, vector, PettingZoo or wrapped env of this package
+    (``env.unwrapped.machine``)."""
+    for obj in (env, getattr(env, "unwrapped", None)):
+        machine = getattr(obj, "machine", None)
+        if isinstance(machine, DialogueMachine):
+            return machine
+    raise TypeError(f"{type(env).__name__} is not a refuel_env environment; pass gym.make('RefuelDialogue-v0', ...), "
+                    "gym.make_vec('RefuelDialogue-v0', ...) or refuel_env.multiagent.env(...)")

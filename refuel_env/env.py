@@ -18,7 +18,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from .core import DialogueCore
+from .core import DialogueMachine
 from .spaces import MessageText, observation_space
 from .types import DialogueState
 
@@ -27,35 +27,35 @@ class RefuelDialogueEnv(gym.Env):
     metadata = {"render_modes": ["ansi"], "render_fps": 1}
 
     def __init__(self, render_mode: str | None = None, **kwargs: Any):
-        """Keyword arguments are those of :class:`refuel_env.core.DialogueCore` (task, user, judge,
+        """Keyword arguments are those of :class:`refuel_env.core.DialogueMachine` (task, user, judge,
         max_turns, horizon, reward_mode, max_message_chars, ...)."""
         if render_mode not in (None, "ansi"):
             raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
         self.render_mode = render_mode
-        self.core = DialogueCore(**kwargs)
-        self.observation_space = observation_space(self.core.max_total_chars, self.core.max_turns)
-        self.action_space = MessageText(self.core.max_message_chars)
+        self.machine = DialogueMachine(**kwargs)
+        self.observation_space = observation_space(self.machine.max_total_chars, self.machine.max_turns)
+        self.action_space = MessageText(self.machine.max_message_chars)
         self.state: DialogueState | None = None
 
     @property
     def task(self):
-        return self.core.task
+        return self.machine.task
 
     @property
     def stats(self) -> dict:
-        return self.core.stats
+        return self.machine.stats
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         episode_seed = int(self.np_random.integers(2**62))
-        self.state = self.core.new_state(episode_seed, options)
-        return self.core.observation(self.state), {"turn": self.state.turn, "horizon": self.state.horizon}
+        self.state = self.machine.new_state(episode_seed, options)
+        return self.machine.observation(self.state), {"turn": self.state.turn, "horizon": self.state.horizon}
 
     def step(self, action: str):
         if self.state is None:
             raise RuntimeError("call reset() before step()")
-        (r,) = self.core.step([self.state], [action])
-        return self.core.observation(self.state), r.reward, r.terminated, r.truncated, r.info
+        (r,) = self.machine.step([self.state], [action])
+        return self.machine.observation(self.state), r.reward, r.terminated, r.truncated, r.info
 
     def get_state(self) -> DialogueState:
         """A deep copy of the whole dialogue state; restore it with ``reset(options={"state": state})``."""

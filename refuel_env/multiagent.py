@@ -1,6 +1,6 @@
 """A PettingZoo view of the dialogue state machine: agents ``"assistant"`` and ``"user"``.
 
-The same :class:`~refuel_env.core.DialogueCore` as the Gymnasium envs, seen as a turn-based AEC game,
+The same :class:`~refuel_env.core.DialogueMachine` as the Gymnasium envs, seen as a turn-based AEC game,
 so that a learned or human user can take the user seat. PettingZoo classic style::
 
     from refuel_env import multiagent
@@ -16,7 +16,7 @@ Gymnasium env. At the horizon the assistant speaks last and no user turn follows
 
 - Actions are message texts (:class:`~refuel_env.spaces.MessageText`). The assistant's message is
   validated when it is given (a bad one raises and changes nothing) and becomes visible in both
-  observations; the exchange is run through ``DialogueCore.step`` once the user has replied.
+  observations; the exchange is run through ``DialogueMachine.step`` once the user has replied.
 - The user ends the dialogue by ending its message with :data:`END_MARKER` (``"[END]"``); the marker
   is removed from the text. A user reply from an agent is used verbatim and the task memory is
   rebuilt from the text (``task.memory_from_prefix``).
@@ -50,7 +50,7 @@ from pettingzoo import AECEnv
 from pettingzoo.utils.conversions import turn_based_aec_to_parallel
 from pettingzoo.utils.wrappers import OrderEnforcingWrapper
 
-from .core import DialogueCore, StepResult
+from .core import DialogueMachine, StepResult
 from .spaces import MessageText, message_space
 from .types import DialogueState, UserTurn
 
@@ -71,7 +71,7 @@ def _goal_text(goal: Any) -> str:
 
 
 class raw_env(AECEnv):
-    """The AEC dialogue env. Keyword arguments are those of :class:`~refuel_env.core.DialogueCore`
+    """The AEC dialogue env. Keyword arguments are those of :class:`~refuel_env.core.DialogueMachine`
     (task, user, judge, max_turns, horizon, reward_mode, ...; ``user`` is the simulator that
     :class:`SimulatedUser` puts in the user seat), plus ``user_reward`` ("shared" or "zero")."""
 
@@ -84,13 +84,13 @@ class raw_env(AECEnv):
         if user_reward not in ("shared", "zero"):
             raise ValueError(f"user_reward must be 'shared' or 'zero', got {user_reward!r}")
         self.render_mode, self.user_reward = render_mode, user_reward
-        self.core = DialogueCore(**kwargs)
+        self.machine = DialogueMachine(**kwargs)
         self.possible_agents = [ASSISTANT, USER]
-        n, h = self.core.max_total_chars, self.core.max_turns
+        n, h = self.machine.max_total_chars, self.machine.max_turns
         conversation = {"messages": spaces.Sequence(message_space(n)), "turn": spaces.Discrete(h + 1)}
         self.observation_spaces = {ASSISTANT: spaces.Dict(conversation),
                                    USER: spaces.Dict({**conversation, "goal": MessageText(n)})}
-        self.action_spaces = {a: MessageText(self.core.max_message_chars) for a in self.possible_agents}
+        self.action_spaces = {a: MessageText(self.machine.max_message_chars) for a in self.possible_agents}
         self.dialogue: DialogueState | None = None
         self._np_random: np.random.Generator | None = None
         self._pending: str | None = None
@@ -105,13 +105,13 @@ class raw_env(AECEnv):
 
     @property
     def task(self):
-        return self.core.task
+        return self.machine.task
 
     def reset(self, seed: int | None = None, options: dict | None = None) -> None:
         # the same seeding as RefuelDialogueEnv.reset, so that equal seeds give equal dialogues
         if seed is not None or self._np_random is None:
             self._np_random, _ = seeding.np_random(seed)
-        self.dialogue = self.core.new_state(int(self._np_random.integers(2**62)), options)
+        self.dialogue = self.machine.new_state(int(self._np_random.integers(2**62)), options)
         self._pending, self._preview = None, None
         self.agents = self.possible_agents[:]
         self.rewards = {a: 0.0 for a in self.agents}
@@ -138,9 +138,9 @@ class raw_env(AECEnv):
             self._was_dead_step(action)
             return
         if agent == ASSISTANT:
-            self.core.validate([self.dialogue], [action])  # a bad message raises here and changes nothing
+            self.machine.validate([self.dialogue], [action])  # a bad message raises here and changes nothing
             if self.dialogue.turn + 1 >= self.dialogue.horizon:  # the last turn: no user reply follows
-                self._apply(self.core.step([self.dialogue], [action])[0])
+                self._apply(self.machine.step([self.dialogue], [action])[0])
             else:
                 self._pending = action
                 self._cumulative_rewards[ASSISTANT] = 0.0
@@ -155,7 +155,7 @@ class raw_env(AECEnv):
             # the user seat said what the simulator said (SimulatedUser): adopt that very step
             self.dialogue, result = self._preview[2], self._preview[3]
         else:
-            result = self.core.step([self.dialogue], [self._pending], user_replies=[UserTurn(content, end=end)])[0]
+            result = self.machine.step([self.dialogue], [self._pending], user_replies=[UserTurn(content, end=end)])[0]
         self._apply(result)
 
     def _apply(self, r: StepResult) -> None:
@@ -182,7 +182,7 @@ class raw_env(AECEnv):
         if self.terminations.get(USER) or self.truncations.get(USER):
             raise RuntimeError("the dialogue is over; call reset()")
         preview = self.dialogue.copy()
-        result = self.core.step([preview], [self._pending])[0]
+        result = self.machine.step([preview], [self._pending])[0]
         content = preview.messages[-1]["content"]
         self._preview = (content, preview.ended_by_user, preview, result)
         return f"{content} {END_MARKER}" if preview.ended_by_user else content
@@ -202,7 +202,7 @@ class raw_env(AECEnv):
         return "\n".join(f"[{m['role']}] {m['content']}" for m in obs["messages"])
 
     def close(self) -> None:
-        close = getattr(self.core.user, "close", None)
+        close = getattr(self.machine.user, "close", None)
         if close:
             close()
 

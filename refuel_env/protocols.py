@@ -15,21 +15,33 @@ from .types import Conversation, DialogueState, JudgeScore, SamplingParams, User
 
 @runtime_checkable
 class Task(Protocol):
-    """A family of episodes: opening messages, hidden goals, and the task's own defaults.
+    """A family of episodes: opening messages, hidden goals, and the task's own components.
 
-    ``task_id`` is versioned (``"guess-item-v0"``); ``max_turns`` is H_max.
+    ``task_id`` is versioned (``"guess-item-v0"``); ``max_turns`` is H_max. Every method below is called by
+    the environment or the agents; a task that lacks a component raises a ValueError that says so.
     """
 
     task_id: str
     max_turns: int
-    default_user: str
-    default_judge: str
 
     def new_episode(self, rng: np.random.Generator, horizon: int, split: str = "train") -> tuple[Conversation, Any, dict]:
         """Return (opening messages, hidden goal, initial memory) for a dialogue of ``horizon`` turns."""
 
     def memory_from_prefix(self, messages: Conversation, goal: Any) -> dict:
         """Rebuild the task memory for a dialogue that starts from a given prefix."""
+
+    def make_scripted_user(self, **kwargs: Any) -> "UserSimulator":
+        """The task's own user simulator (``user="scripted"``)."""
+
+    def make_rule_judge(self, **kwargs: Any) -> "Judge":
+        """The task's own judge (``judge="rule"``)."""
+
+    def make_backend(self, role: str) -> "Backend | None":
+        """The text-generation back end of the task's ``"user"`` or ``"judge"`` model (None: it needs none)."""
+
+    def offline_speaker(self, seed: int | None = None) -> Any:
+        """The behaviour policy of the task's offline data (an object with ``act(conversations) -> list[str]``),
+        for roll-ins from offline dialogues (``rollin="offline"``); raises ValueError if the task has none."""
 
 
 @runtime_checkable

@@ -181,7 +181,7 @@ class CandidateChoiceWrapper(gym.Wrapper):
             raise TypeError("candidates must be a list of str, a CandidateSource (k, candidates(states)) or a back end")
         if features is None:
             fixed_guess_item = isinstance(task, GuessItemTask) and isinstance(candidates, FixedCandidates)
-            features = GuessItemFeatures(task) if fixed_guess_item else HashingFeatures(candidates.k, base.core.max_turns)
+            features = GuessItemFeatures(task) if fixed_guess_item else HashingFeatures(candidates.k, base.machine.max_turns)
         self.source, self.features = candidates, features
         self.action_space = spaces.Discrete(candidates.k)
         self.observation_space = spaces.Box(0.0, 1.0, shape=(features.dim,), dtype=np.float32)

@@ -20,7 +20,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from .core import DialogueCore
+from .core import DialogueMachine
 from .spaces import MessageText, observation_space
 from .types import DialogueState
 
@@ -33,9 +33,9 @@ class RefuelVectorEnv(VectorEnv):
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         kwargs.pop("render_mode", None)
         self.num_envs = int(num_envs)
-        self.core = DialogueCore(**kwargs)
-        self.single_observation_space = observation_space(self.core.max_total_chars, self.core.max_turns)
-        self.single_action_space = MessageText(self.core.max_message_chars)
+        self.machine = DialogueMachine(**kwargs)
+        self.single_observation_space = observation_space(self.machine.max_total_chars, self.machine.max_turns)
+        self.single_action_space = MessageText(self.machine.max_message_chars)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
         self.states: list[DialogueState | None] = [None] * self.num_envs
@@ -45,14 +45,14 @@ class RefuelVectorEnv(VectorEnv):
 
     @property
     def task(self):
-        return self.core.task
+        return self.machine.task
 
     @property
     def stats(self) -> dict:
-        return self.core.stats
+        return self.machine.stats
 
     def _obs(self) -> dict:
-        return {"messages": tuple(self.core.observation(s)["messages"] for s in self.states),
+        return {"messages": tuple(self.machine.observation(s)["messages"] for s in self.states),
                 "turn": np.array([s.turn for s in self.states], dtype=np.int64)}
 
     def _new(self, i: int, options: dict) -> DialogueState:
@@ -61,7 +61,7 @@ class RefuelVectorEnv(VectorEnv):
             opts["state"] = options["states"][i]
         if "horizons" in options:
             opts["horizon"] = int(options["horizons"][i])
-        return self.core.new_state(int(self._rng.integers(2**62)), opts)
+        return self.machine.new_state(int(self._rng.integers(2**62)), opts)
 
     def reset(self, *, seed: int | Sequence[int] | None = None, options: dict | None = None):
         options = dict(options or {})
@@ -95,7 +95,7 @@ class RefuelVectorEnv(VectorEnv):
         truncated = np.zeros(self.num_envs, dtype=bool)
         infos: dict = {}
         live = [i for i in range(self.num_envs) if not self._needs_reset[i]]
-        results = self.core.step([self.states[i] for i in live], [actions[i] for i in live])
+        results = self.machine.step([self.states[i] for i in live], [actions[i] for i in live])
         for i in np.flatnonzero(self._needs_reset):  # NEXT_STEP autoreset
             self.states[i] = self._new(int(i), self._options)
         for i, r in zip(live, results):
@@ -150,6 +150,6 @@ class RefuelVectorEnv(VectorEnv):
         return [s.copy() for s in self.states]
 
     def close_extras(self, **kwargs: Any) -> None:
-        close = getattr(self.core.user, "close", None)
+        close = getattr(self.machine.user, "close", None)
         if close:
             close()

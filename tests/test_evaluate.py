@@ -19,7 +19,7 @@ def env():
 
 
 def questioner(env, strategy):
-    return ScriptedQuestioner(env.unwrapped.core.task if hasattr(env, "unwrapped") else env.core.task, strategy)
+    return ScriptedQuestioner(env.unwrapped.machine.task if hasattr(env, "unwrapped") else env.machine.task, strategy)
 
 
 def test_policy_against_itself_is_exactly_one_half(env, tiny_reference):
@@ -44,7 +44,7 @@ def test_same_seeds_give_same_states_and_identical_results(env, tiny_reference):
 
 
 def test_planner_beats_myopic_and_win_rates_follow_the_judge(env):
-    core = env.unwrapped.core if hasattr(env, "unwrapped") else env.core
+    core = env.unwrapped.machine if hasattr(env, "unwrapped") else env.machine
     informative = ScriptedQuestioner(core.task, "informative")
     myopic = ScriptedQuestioner(core.task, "uninformative")
     ev = Evaluator(env, myopic, n_dialogues=40, seed=0, n_boot=500)

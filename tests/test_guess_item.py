@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from refuel_env.core import DialogueCore
+from refuel_env.core import DialogueMachine
 from refuel_env.tasks.guess_item_players import ScriptedQuestioner
 
 N_DIALOGUES = 500
@@ -18,7 +18,7 @@ N_DIALOGUES = 500
 
 def evaluate(strategy: str, horizon: str = "fixed", seed: int = 0, **kwargs) -> tuple[np.ndarray, np.ndarray]:
     """Final judge scores and horizons of ``N_DIALOGUES`` seeded dialogues, stepped as one batch."""
-    core = DialogueCore(horizon=horizon, **kwargs)
+    core = DialogueMachine(horizon=horizon, **kwargs)
     player = ScriptedQuestioner(core.task, strategy, seed=seed)
     states = [core.new_state(10_000 * seed + i) for i in range(N_DIALOGUES)]
     live = list(states)

@@ -172,10 +172,10 @@ def test_observations_show_pending_message_and_goal_only_to_user():
 
 
 def test_core_step_mixes_external_replies_and_one_simulator_call():
-    """DialogueCore.step(..., user_replies=[...]): the simulator answers only the dialogues without a reply."""
-    from refuel_env import DialogueCore, UserTurn
+    """DialogueMachine.step(..., user_replies=[...]): the simulator answers only the dialogues without a reply."""
+    from refuel_env import DialogueMachine, UserTurn
 
-    core = DialogueCore(horizon="fixed")
+    core = DialogueMachine(horizon="fixed")
     inner = core.user
     batches = []
 

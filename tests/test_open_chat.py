@@ -37,7 +37,7 @@ def test_builtin_prompts_ship_with_the_package_and_split_by_position():
     evals = {env.reset(seed=s, options={"split": "eval"})[0]["messages"][0]["content"] for s in range(30)}
     assert evals <= set(task.prompts["eval"])
     # "scripted"/"rule" (the defaults of RefuelDialogue-v0) mean the task's own: the LLM user and judge
-    assert isinstance(env.unwrapped.core.user, LLMUser) and isinstance(env.unwrapped.core.judge, LLMJudge)
+    assert isinstance(env.unwrapped.machine.user, LLMUser) and isinstance(env.unwrapped.machine.judge, LLMJudge)
 
 
 def test_prompt_files_and_lists(tmp_path):
@@ -110,7 +110,7 @@ def test_refuel_chat_gym_id_and_cached_task_backends(tmp_path):
     fake, judge = FakeBackend(), FakeJudgeBackend()
     env = gym.make("RefuelChat-v0", task_kwargs={"max_turns": 2, "user_model": fake, "judge_model": judge,
                                                  "cache": str(tmp_path / "c.sqlite")}, horizon="fixed")
-    core = env.unwrapped.core
+    core = env.unwrapped.machine
     assert isinstance(core.user.backend, CachedBackend) and core.user.backend.backend is fake
     assert isinstance(core.judge.backend, CachedBackend) and core.judge.backend.backend is judge
     env.reset(seed=0)
@@ -134,7 +134,7 @@ def test_chat_env_steps_offline_with_smollm2_as_user_and_judge():
     env = gym.make("RefuelChat-v0", horizon="fixed", max_message_chars=300,
                    task_kwargs={"max_turns": 2, "user_params": {"max_new_tokens": 12, "temperature": 0.7}},
                    user_kwargs={"format": "swap"})
-    core = env.unwrapped.core
+    core = env.unwrapped.machine
     assert core.user.backend is core.judge.backend  # one model for both roles
     assert core.user.backend.model_id == "SmolLM2-135M-Instruct"
     load = time.perf_counter() - t0
@@ -217,7 +217,7 @@ def test_open_chat_evaluation_judges_each_turn_as_the_env_scored_it(monkeypatch,
     kwargs["task_kwargs"].update(user_model=FakeBackend(reply=lambda c, s: "Question: is that good?"),
                                  judge_model=judge_backend, prompts=[f"Tell me about topic {i}." for i in range(10)])
     env = RefuelDialogueEnv(**kwargs)
-    core = env.unwrapped.core
+    core = env.unwrapped.machine
     assert isinstance(core.judge.backend, CachedBackend) and str(core.judge.backend.path) == ":memory:"
     res = Evaluator(env, Says("A bad answer.", "A good answer."), n_dialogues=4, seed=0, examples=1)(
         Says("A good answer.", "A bad answer."))

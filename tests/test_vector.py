@@ -171,7 +171,7 @@ def test_batched_infos_match_gymnasiums_format():
     for n in (3, 20):
         vec = gym.make_vec("RefuelDialogue-v0", num_envs=n, horizon="uniform", reward_mode="per_turn")
         vec.reset(seed=0)
-        core = vec.unwrapped.core
+        core = vec.unwrapped.machine
         for t in range(6):
             live = [i for i in range(n) if not vec.unwrapped._needs_reset[i]]
             states = vec.unwrapped.get_states()

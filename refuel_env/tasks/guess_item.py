@@ -96,8 +96,6 @@ class GuessItemTask:
     """
 
     task_id = "guess-item-v0"
-    default_user = "scripted"
-    default_judge = "rule"
 
     def __init__(self, n_items: int = 8, max_turns: int = 4, noise: float = 0.0, phrasing: str = "varied",
                  reveal_candidates: bool = True):
@@ -215,6 +213,17 @@ class GuessItemTask:
 
     def make_rule_judge(self, **kwargs) -> "GuessItemJudge":
         return GuessItemJudge(self, **kwargs)
+
+    def make_backend(self, role: str) -> None:
+        """The scripted user and the rule judge need no text-generation back end."""
+        return None
+
+    def offline_speaker(self, seed: int | None = None):
+        """The behaviour policy of this task's offline data: the scripted *demonstrator* whose dialogues pi_0
+        imitates (:mod:`refuel_env.tasks.guess_item_players`)."""
+        from .guess_item_players import ScriptedQuestioner
+
+        return ScriptedQuestioner(self, "demonstrator", seed=seed)
 
 
 class GuessItemUser:

@@ -164,8 +164,6 @@ class OpenChatTask:
     """Task family ``open-chat-v0`` (see the module docstring for the arguments)."""
 
     task_id = "open-chat-v0"
-    default_user = "llm"
-    default_judge = "llm"
 
     def __init__(self, prompts: Any = "builtin", max_turns: int = PAPER_MAX_TURNS, system_prompt: str | None = None,
                  user_model: Any = "smollm2", judge_model: Any = None, backend: str = "transformers",
@@ -187,7 +185,7 @@ class OpenChatTask:
         self.judge_model = judge_model if judge_model is not None else user_model
         self.backend, self.backend_kwargs = backend, dict(backend_kwargs or {})
         self.user_params = SamplingParams(**user_params) if isinstance(user_params, dict) else user_params
-        self.default_judge, self.reward_model, self.trust_remote_code = judge, reward_model, trust_remote_code
+        self.judge_kind, self.reward_model, self.trust_remote_code = judge, reward_model, trust_remote_code
         self.cache = cache
         self.prompt_source = prompts if isinstance(prompts, str) else "list"
         if isinstance(prompts, str) and prompts in ("hh", "ultrainteract"):
@@ -231,6 +229,11 @@ class OpenChatTask:
             self._backends[key] = b
         return self._backends[key]
 
+    def offline_speaker(self, seed: int | None = None):
+        """Open chat ships no offline dialogues (only opening prompts), so it has no offline data."""
+        raise ValueError("task open-chat-v0 has no offline dialogues for rollin='offline'; use rollin='reference' "
+                         "(contexts rolled in by pi_0, the paper's LT-MIXED) or 'current'")
+
     def make_scripted_user(self, **kwargs: Any):
         """The task's own user: the LLM user (open chat has no scripted user)."""
         from ..users.llm_user import LLMUser
@@ -239,7 +242,7 @@ class OpenChatTask:
 
     def make_rule_judge(self, **kwargs: Any):
         """The task's own judge: ``judge`` of the task (LLM judge, or the reward model)."""
-        if self.default_judge == "reward-model":
+        if self.judge_kind == "reward-model":
             from ..judges.reward_model import RewardModelJudge
 
             kwargs.setdefault("trust_remote_code", self.trust_remote_code)
