@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OUT ?= bench-out
 
-.PHONY: setup test bench test-server clean
+.PHONY: setup test test-fast bench test-server clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ setup: $(VENV)/.installed
 
 test: setup
 	$(PY) -m pytest -q
+
+# the fast lane (env, spaces, losses, interface, bad input, CLI validation): under 2 minutes; learning,
+# training-loop and multi-process tests are marked slow and run in `make test` only
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
 
 bench: setup
 	$(VENV)/bin/refuel bench --preset quick --out $(OUT)

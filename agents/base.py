@@ -1,4 +1,4 @@
-"""The one interface every algorithm implements, the agent registry, and shared plumbing.
+"""The one interface every algorithm implements, and the agent registry.
 
     agent = make_agent("refuel", policy=..., eta=1.0)
     batch = agent.collect(env)      # through the shared rollout engine
@@ -7,7 +7,9 @@
     agent.save(path); agent.load(path)
 
 A new algorithm is a subclass (or any class with these methods) registered with
-``@register_agent("name")``; the trainer, evaluation and benchmark take it unchanged.
+``@register_agent("name")``; the trainer, evaluation and benchmark take it unchanged. The built-in ones
+(:mod:`agents.algorithms`) register themselves when that package is imported, which :func:`make_agent`
+and :func:`agent_registry` do first.
 """
 
 from __future__ import annotations
@@ -24,12 +26,15 @@ import torch
 
 from refuel_env.core import machine_of
 from refuel_env.registry import Registry
+from refuel_env.types import SamplingParams
 
-from . import distributed
-from .policy import Policy
-from .rollout import RolloutEngine
+from .engine import distributed
+from .engine.optimise import Optimising
+from .engine.policy import Policy
+from .engine.rollout import RolloutEngine
 
-AGENTS: Registry = Registry("agent")
+AGENTS: Registry = Registry("agent", hint='decorate your Agent subclass with @agents.register_agent("name") (and '
+                                          'on the command line load its file with --import FILE)')
 
 
 def register_agent(name: str):
@@ -37,11 +42,16 @@ def register_agent(name: str):
     return AGENTS.register(name)
 
 
+def agent_registry() -> Registry:
+    """The agent registry, with the built-in agents registered."""
+    from . import algorithms  # noqa: F401  (the built-in agents register themselves on import, once)
+
+    return AGENTS
+
+
 def make_agent(name: Any, **config) -> "Agent":
     """Build an agent by registered name (``"refuel"``, ``"rebel"``, ``"dpo"``, ``"ppo"``, ...) or from a class."""
-    from . import dpo, ppo, rebel, refuel  # noqa: F401  (register the built-in agents)
-
-    cls = AGENTS.get(name) if isinstance(name, str) else name
+    cls = agent_registry().get(name) if isinstance(name, str) else name
     return cls(**config)
 
 
@@ -79,6 +89,27 @@ class AgentConfig:
     max_new_tokens: int = 24
     """Longest response."""
 
+    def __post_init__(self):
+        def number(name, lo, *, integer=False, open_=False, none=False):
+            v = getattr(self, name)
+            if v is None and none:
+                return
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not float(v).is_integer()) \
+                    or not math.isfinite(v) or (v <= lo if open_ else v < lo):
+                kind = "an integer" if integer else "a finite number"
+                raise ValueError(f"{name} must be {'>' if open_ else '>='} {lo} ({kind}), got {v!r}")
+
+        number("lr", 0, open_=True)
+        number("max_grad_norm", 0, open_=True)
+        number("weight_decay", 0)
+        number("temperature", 0)
+        for name in ("batch_size", "epochs", "minibatch_size", "max_new_tokens"):
+            number(name, 1, integer=True)
+        number("micro_batch_size", 1, integer=True, none=True)
+        if self.lr_schedule not in ("constant", "cosine") or not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine' and warmup_ratio in [0, 1); got "
+                             f"{self.lr_schedule!r}, {self.warmup_ratio}")
+
 
 @dataclass
 class Batch:
@@ -92,13 +123,16 @@ class Batch:
         return int(self.stats.get("examples", 0))
 
 
-class Agent:
-    """Shared plumbing: policy, frozen reference, optimiser, seeded randomness, checkpoints."""
+class Agent(Optimising):
+    """Shared plumbing: policy, frozen reference, optimiser, seeded randomness, checkpoints.
+
+    ``iteration`` counts the completed collect-and-update iterations; the trainer advances it (and saves it).
+    """
 
     name = "agent"
     Config = AgentConfig
     data_parallel = False
-    """Whether ``collect`` and ``update`` work under a multi-process launch (see :mod:`agents.distributed`):
+    """Whether ``collect`` and ``update`` work under a multi-process launch (see :mod:`agents.engine.distributed`):
     ``collect`` returns the batch of all processes on every process, ``update`` splits each minibatch with
     ``self.dist.share``, runs its forward passes through :meth:`wrapped` and weighs its share in :meth:`optimise`."""
 
@@ -110,24 +144,16 @@ class Agent:
             raise TypeError(f"unknown {type(self).__name__} options {sorted(unknown)}; "
                             f"known: {[f.name for f in dataclasses.fields(cfg)]}")
         self.config = dataclasses.replace(cfg, **overrides)
-        if policy is None:
-            from .reference import reference_policy
+        if policy is None:  # the built-in task's pi_0 (built and cached on first use)
+            from .engine.reference import reference_policy
 
             policy = reference_policy()
         self.policy = policy
-        self.policy.temperature, self.policy.max_new_tokens = self.config.temperature, self.config.max_new_tokens
         self.ref_policy = ref_policy if ref_policy is not None else policy.clone("pi_0")
-        self.ref_policy.temperature, self.ref_policy.max_new_tokens = self.config.temperature, self.config.max_new_tokens
         torch.manual_seed(self.config.seed)
         self.setup()
-        if self.config.lr_schedule not in ("constant", "cosine") or not 0 <= self.config.warmup_ratio < 1:
-            raise ValueError(f"lr_schedule must be 'constant' or 'cosine' and warmup_ratio in [0, 1); got "
-                             f"{self.config.lr_schedule!r}, {self.config.warmup_ratio}")
-        if self.config.micro_batch_size is not None and self.config.micro_batch_size < 1:
-            raise ValueError(f"micro_batch_size must be None or >= 1, got {self.config.micro_batch_size}")
         self.optimizer = torch.optim.AdamW(self.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay,
                                            betas=tuple(self.config.adam_betas))
-        self._steps = (0, 1)  # (optimiser steps taken in this update, steps it will take): the lr schedule
         self.dist = distributed.current()
         self._wrapped: dict[int, torch.nn.Module] = {}
         if self.dist.enabled:  # DDP: wrap the trained modules and the optimiser; the frozen reference follows
@@ -144,6 +170,11 @@ class Agent:
         self.rng = np.random.default_rng(self.config.seed)
         self.iteration = 0
         self.skipped = {"nonfinite_loss": 0, "empty_batches": 0}
+
+    @property
+    def sampling(self) -> SamplingParams:
+        """How the policy (and pi_0, where it speaks for this agent) samples responses."""
+        return SamplingParams(max_new_tokens=int(self.config.max_new_tokens), temperature=float(self.config.temperature))
 
     # hooks for subclasses
     def setup(self) -> None:
@@ -176,111 +207,16 @@ class Agent:
 
     def act(self, observations, temperature: float | None = None) -> list[str]:
         """Responses of the current policy for a batch of observations (sampled, seeded by the agent)."""
-        return self.policy.act(observations, seed=int(self.rng.integers(2**31)), temperature=temperature)
+        params = self.sampling if temperature is None else dataclasses.replace(self.sampling, temperature=float(temperature))
+        return self.policy.act(observations, params, seed=int(self.rng.integers(2**31)))
 
     def engine(self, env) -> RolloutEngine:
-        """The rollout engine on ``env``; under a multi-process launch it rolls out this process's share."""
+        """The rollout engine on ``env``'s dialogue machine; under a multi-process launch it rolls out this
+        process's share."""
         eng = getattr(self, "_engine", None)
         if eng is None or eng.machine is not machine_of(env):
             self._engine = eng = RolloutEngine(env, dist=self.dist)
         return eng
-
-    # shared optimisation step
-    def minibatches(self, n: int):
-        """Global indices of each minibatch (the same on every process; see :meth:`optimise` for splitting one)."""
-        mb = max(1, self.config.minibatch_size)
-        self._steps = (0, self.config.epochs * -(-n // mb))
-        for _ in range(self.config.epochs):
-            perm = self.rng.permutation(n)
-            for i in range(0, n, mb):
-                yield perm[i:i + mb]
-
-    def micro_batches(self, rows):
-        """``rows`` (this process's share of a minibatch) in chunks of ``micro_batch_size``."""
-        k = self.config.micro_batch_size or max(len(rows), 1)
-        return [rows[i:i + k] for i in range(0, len(rows), k)] or [rows]
-
-    def lr_now(self) -> float:
-        """The learning rate of the next optimiser step (see ``lr_schedule``)."""
-        c = self.config
-        if c.lr_schedule == "constant":
-            return c.lr
-        step, total = self._steps
-        warm = int(c.warmup_ratio * total)
-        if step < warm:
-            return c.lr * (step + 1) / (warm + 1)
-        return c.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(total - warm, 1)))
-
-    def accumulate_step(self, parts, weight: float = 1.0) -> dict | None:
-        """One optimiser step on a minibatch given as micro-batches (gradient accumulation).
-
-        ``parts`` yields ``(loss, fraction, info)`` per micro-batch: its mean loss, its fraction of what this
-        process's share of the minibatch loss averages over (rows, or tokens), and scalar metrics. Each
-        micro-batch is backpropagated before the next is computed (a generator keeps one micro-batch's
-        activations alive at a time); ``weight`` is as in :meth:`optimise`."""
-        self.optimizer.zero_grad(set_to_none=True)
-        total, agg = 0.0, {}
-        scale = weight * self.dist.world_size if self.dist.enabled else 1.0
-        for loss, fraction, info in parts:
-            scaled = loss * (fraction * scale)
-            self.dist.backward(scaled) if self.dist.enabled else scaled.backward()
-            total = total + loss.detach() * fraction
-            for k, v in info.items():
-                agg[k] = agg.get(k, 0.0) + float(v) * fraction
-        return self.optimise(torch.as_tensor(total), weight, agg, backward_done=True)
-
-    def optimise(self, loss: torch.Tensor, weight: float = 1.0, info: dict | None = None,
-                 backward_done: bool = False) -> dict | None:
-        """One gradient step; a non-finite loss (or gradient) is skipped and counted, never applied.
-
-        Returns the minibatch's ``loss`` and ``info`` values as floats, or None when the step was skipped.
-
-        One process: ``loss`` is the minibatch's loss (``weight`` is 1). Under a multi-process launch each process
-        passes the mean loss over its share of the minibatch (:meth:`Distributed.share`, forwarded through
-        :meth:`wrapped`) and ``weight`` = its share's fraction of what the minibatch's loss averages over (rows,
-        or tokens); the step then equals one process's step on the whole minibatch, and the values returned are
-        the whole minibatch's. A process with no share passes a zero loss that touches the parameters (e.g.
-        ``logp.sum() * 0``) and weight 0, so that every process takes part in the gradient average.
-        """
-        info = info or {}
-        if self.config.lr_schedule != "constant":
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.lr_now()
-        self._steps = (self._steps[0] + 1, self._steps[1])
-        if not self.dist.enabled:
-            if not torch.isfinite(loss):
-                self.skipped["nonfinite_loss"] += 1
-                self.optimizer.zero_grad(set_to_none=True)
-                return None
-            if not backward_done:
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-            gn = torch.nn.utils.clip_grad_norm_(self.parameters(), self.config.max_grad_norm)
-            if not torch.isfinite(gn):
-                self.skipped["nonfinite_loss"] += 1
-                self.optimizer.zero_grad(set_to_none=True)
-                return None
-            self.optimizer.step()
-            return {"loss": float(loss.detach()), **{k: float(v) for k, v in info.items()}}
-        # every process runs the backward (DDP averages the gradients of all of them), then they agree on skipping
-        if not backward_done:
-            self.optimizer.zero_grad(set_to_none=True)
-            self.dist.backward(loss * (weight * self.dist.world_size))
-        gn = self.dist.clip_grad_norm_(self.parameters(), self.config.max_grad_norm)
-        keys = sorted(info)
-        mine = [float(loss.detach()), *(float(info[k]) for k in keys)]
-        table = self.dist.all_gather_floats([x * weight if weight else 0.0 for x in mine] + [float(gn)])
-        norms = table[:, -1]
-        if np.all(np.isfinite(norms)) and not np.allclose(norms, norms[0], rtol=1e-5, atol=0):
-            raise RuntimeError(f"the processes' gradient norms differ ({norms.tolist()}): the update did not run its "
-                               "forward passes through agent.wrapped(module), so DDP did not average the gradients")
-        values = table[:, :-1].sum(0)
-        if not (np.isfinite(values[0]) and np.all(np.isfinite(norms))):
-            self.skipped["nonfinite_loss"] += 1
-            self.optimizer.zero_grad(set_to_none=True)
-            return None
-        self.optimizer.step()
-        return dict(zip(["loss", *keys], values.tolist()))
 
     def budget(self, engine: RolloutEngine, before: dict) -> dict:
         return {k: engine.stats[k] - before.get(k, 0) for k in ("dialogues", "tokens_generated")}
@@ -323,12 +259,3 @@ class Agent:
         self.skipped = json.loads(state["skipped"])
         self.load_extra_state(state["extra"])
 
-
-def finite_or_skip(x: np.ndarray) -> np.ndarray:
-    """Mask of rows whose every value is finite."""
-    return np.isfinite(x).reshape(len(x), -1).all(1)
-
-
-def mean(xs) -> float:
-    xs = [float(x) for x in xs]
-    return float(sum(xs) / len(xs)) if xs else math.nan

@@ -40,7 +40,7 @@ def main() -> None:
         if args.fresh_cache:
             env["REFUEL_ENV_CACHE"] = str(Path(tmp) / "cache")
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-        cmd = [sys.executable, "-m", "agents.cli", "bench", "--preset", args.preset, "--out", out, "--no-progress", *extra]
+        cmd = [sys.executable, "-m", "agents.harness.cli", "bench", "--preset", args.preset, "--out", out, "--no-progress", *extra]
         print("running:", " ".join(cmd), flush=True)
         t0 = time.perf_counter()
         rc = subprocess.call(cmd, env=env, cwd=str(ROOT))

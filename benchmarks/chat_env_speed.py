@@ -32,17 +32,19 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import refuel_env  # noqa: E402,F401  (registers RefuelChat-v0)
-from agents.policy import Policy  # noqa: E402
+from agents.engine.policy import Policy  # noqa: E402
+from refuel_env import SamplingParams  # noqa: E402
 from refuel_env.models import resolve_model  # noqa: E402
 
 
-def measure(batch: int, policy: Policy, horizon: int, user_tokens: int, rounds: int, seed: int = 0) -> dict:
+def measure(batch: int, policy: Policy, params: SamplingParams, horizon: int, user_tokens: int, rounds: int,
+            seed: int = 0) -> dict:
     vec = gym.make_vec("RefuelChat-v0", num_envs=batch, horizon="fixed", max_message_chars=1024,
                        task_kwargs={"max_turns": horizon, "user_params": {"max_new_tokens": user_tokens, "temperature": 0.7}},
                        user_kwargs={"format": "swap"})
     core = vec.machine
     obs, _ = vec.reset(seed=seed)
-    vec.step(policy.act(list(obs["messages"]), seed=seed))  # warm-up: loads the user/judge model, first calls
+    vec.step(policy.act(list(obs["messages"]), params, seed=seed))  # warm-up: loads the user/judge model, first calls
     gen_s, turns, steps = 0.0, 0, 0
     before = dict(core.stats)
     t_env = 0.0
@@ -50,7 +52,7 @@ def measure(batch: int, policy: Policy, horizon: int, user_tokens: int, rounds: 
         obs, _ = vec.reset(seed=seed + 1000 * (r + 1))
         for t in range(horizon):
             t0 = time.perf_counter()
-            acts = policy.act(list(obs["messages"]), seed=seed + r * horizon + t)
+            acts = policy.act(list(obs["messages"]), params, seed=seed + r * horizon + t)
             t1 = time.perf_counter()
             obs, _, term, trunc, _ = vec.step(acts)
             t_env += time.perf_counter() - t1
@@ -81,12 +83,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     torch.set_num_threads(args.threads)
 
     t0 = time.perf_counter()
-    policy = Policy.from_pretrained(resolve_model("smollm2"), name="smollm2", max_new_tokens=args.policy_tokens,
-                                    temperature=0.7)
+    policy = Policy.from_pretrained(resolve_model("smollm2"), name="smollm2")
+    params = SamplingParams(max_new_tokens=args.policy_tokens, temperature=0.7)
     load_s = time.perf_counter() - t0
     print(f"SmolLM2-135M-Instruct (float32) as user, judge and policy; torch threads {args.threads}; H = {args.horizon}; "
           f"user {args.user_tokens} / policy {args.policy_tokens} new tokens; {args.rounds} rounds per batch size")
-    rows = [measure(b, policy, args.horizon, args.user_tokens, args.rounds) for b in args.batch]
+    rows = [measure(b, policy, params, args.horizon, args.user_tokens, args.rounds) for b in args.batch]
     print(f"\n{'batch':>5} {'env s/step':>10} {'user s/step':>11} {'judge s/step':>12} {'env s/turn':>10} "
           f"{'policy s/turn':>13} {'total s/turn':>12}")
     for r in rows:

@@ -31,9 +31,9 @@ import gymnasium as gym  # noqa: E402
 
 import refuel_env  # noqa: E402,F401
 from agents.base import make_agent  # noqa: E402
-from agents.evaluate import rollout  # noqa: E402
-from agents.policy import Policy  # noqa: E402
-from agents.reference import ReferenceConfig, reference_policy  # noqa: E402
+from agents.harness.evaluate import rollout  # noqa: E402
+from agents.engine.policy import Policy  # noqa: E402
+from agents.engine.reference import ReferenceConfig, reference_policy  # noqa: E402
 from conftest import TINY_REFERENCE  # noqa: E402
 from test_learning import LEARNING, SMALL_TASK  # noqa: E402
 

@@ -40,7 +40,8 @@ def main() -> None:
     import gymnasium as gym
 
     import refuel_env  # noqa: F401
-    from agents.rollout import RolloutEngine
+    from refuel_env import SamplingParams, machine_of
+    from agents.engine.rollout import RolloutEngine
     from transformers.utils import logging as hf_logging
 
     from update_speed import load_reference
@@ -48,12 +49,13 @@ def main() -> None:
     hf_logging.disable_progress_bar()
     env = gym.make_vec("RefuelDialogue-v0", num_envs=1)
     pi0 = load_reference(args.reference)
-    H = env.unwrapped.machine.max_turns if hasattr(env, "unwrapped") else env.machine.max_turns
+    H = machine_of(env).max_turns
+    params = SamplingParams(max_new_tokens=24, temperature=1.0)  # the agents' defaults
     workloads = {
-        "refuel pairs (relative future)": lambda eng, rng: eng.pairs(args.n, rng, pi0, pi0, pi0, last_turn=False),
-        "rebel/dpo pairs (last turn)": lambda eng, rng: eng.pairs(args.n, rng, pi0, pi0, None, last_turn=True),
-        "ppo dialogues": lambda eng, rng: eng.dialogues(2 * args.n, pi0, rng),
-        "evaluation dialogues (H_max, snapshots)": lambda eng, rng: eng.dialogues(2 * args.n, pi0, rng, split="eval",
+        "refuel pairs (relative future)": lambda eng, rng: eng.pairs(args.n, rng, pi0, pi0, False, params),
+        "rebel/dpo pairs (last turn)": lambda eng, rng: eng.pairs(args.n, rng, pi0, pi0, True, params),
+        "ppo dialogues": lambda eng, rng: eng.dialogues(2 * args.n, pi0, rng, params),
+        "evaluation dialogues (H_max, snapshots)": lambda eng, rng: eng.dialogues(2 * args.n, pi0, rng, params, split="eval",
                                                                                    horizons=[H] * (2 * args.n),
                                                                                    snapshots=True),
     }

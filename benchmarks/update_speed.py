@@ -37,7 +37,7 @@ import torch  # noqa: E402
 
 
 def load_reference(which: str):
-    from agents.reference import ReferenceConfig, reference_policy
+    from agents.engine.reference import ReferenceConfig, reference_policy
 
     kw = {"default": {},
           "tiny": dict(hidden_size=32, num_layers=2, num_heads=2, n_dialogues=300, epochs=4, lr=1e-2, batch_size=16)}[which]
@@ -45,11 +45,11 @@ def load_reference(which: str):
 
 
 def fresh_policy(pi0, name):
-    from agents.policy import Policy
+    from agents.engine.policy import Policy
 
     m = copy.deepcopy(pi0.model)
     m.requires_grad_(True)
-    return Policy(m, pi0.tokenizer, pi0.max_new_tokens, pi0.temperature, name)
+    return Policy(m, pi0.tokenizer, name)
 
 
 def timed_updates(agent, batch, minibatch, repeats):

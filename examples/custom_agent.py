@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from agents.base import Agent, AgentConfig, Batch, register_agent
-from agents.policy import TemplateError
+from agents.engine.chat import TemplateError
 
 
 @dataclass
@@ -35,14 +35,14 @@ class RFTAgent(Agent):
     def collect(self, env) -> Batch:
         eng = self.engine(env)  # the shared rollout engine: one generate call per turn for the whole batch
         before = dict(eng.stats)
-        states = eng.dialogues(self.config.batch_size, self.policy, self.rng)
+        states = eng.dialogues(self.config.batch_size, self.policy, self.rng, self.sampling)
         returns = np.array([s.scores[-1] for s in states], dtype=float)
         best = [int(i) for i in np.argsort(-returns, kind="stable")[: max(1, int(len(states) * self.config.keep_fraction))]
                 if returns[i] > 0]
         keep = []
         for i in best:  # drop (and count) dialogues the chat template cannot mask
             try:
-                self.policy.encode_dialogues([states[i].messages])
+                self.policy.chat.encode_dialogues([states[i].messages])
                 keep.append(i)
             except TemplateError:
                 pass
@@ -50,11 +50,10 @@ class RFTAgent(Agent):
                  "mean_return": float(returns.mean()) if len(returns) else float("nan")}
         if not keep:
             return Batch({}, stats)
-        enc, _ = self.policy.encode_dialogues([states[i].messages for i in keep])
+        enc, _ = self.policy.chat.encode_dialogues([states[i].messages for i in keep])
         return Batch({"enc": enc}, stats)
 
     def update(self, batch: Batch) -> dict[str, float]:
-        self.iteration += 1
         if len(batch) == 0:
             self.skipped["empty_batches"] += 1
             return {"loss": float("nan")}
@@ -75,9 +74,9 @@ def main() -> None:
 
     import refuel_env  # noqa: F401
     from agents.base import make_agent
-    from agents.evaluate import evaluate
-    from agents.reference import reference_policy
-    from agents.trainer import train
+    from agents.harness.evaluate import evaluate
+    from agents.engine.reference import reference_policy
+    from agents.harness.trainer import train
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iterations", type=int, default=4)

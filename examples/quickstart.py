@@ -15,8 +15,8 @@ import gymnasium as gym
 
 import refuel_env  # noqa: F401  (registers RefuelDialogue-v0)
 from agents.base import make_agent
-from agents.evaluate import evaluate
-from agents.reference import reference_policy
+from agents.harness.evaluate import evaluate
+from agents.engine.reference import reference_policy
 
 
 def main() -> None:

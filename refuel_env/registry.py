@@ -13,8 +13,10 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, hint: str | None = None):
         self.kind = kind
+        self.hint = hint or (f"pass an object that implements the {kind} protocol, or register your own with "
+                             f"refuel_env.registry.{kind.upper().replace(' ', '_')}S.register(name)")
         self._entries: dict[str, Callable[..., T]] = {}
 
     def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
@@ -33,11 +35,8 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
-            raise KeyError(
-                f"unknown {self.kind} {name!r}; known: {', '.join(self.names()) or '(none)'}. "
-                f"Pass one of these names, pass an object that implements the {self.kind} protocol, "
-                f"or register your own with refuel_env.registry.{self.kind.upper().replace(' ', '_')}S.register(name)."
-            ) from None
+            raise KeyError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names()) or '(none)'}. "
+                           f"Pass one of these names, or {self.hint}.") from None
 
     def make(self, spec: Any, **kwargs) -> T:
         """Build from a registered name, or return ``spec`` itself if it already is an object."""

@@ -61,11 +61,6 @@ class DialogueState:
                 return m["content"]
         return ""
 
-    @property
-    def final_user_turn(self) -> bool:
-        """True when the assistant's next response is the last one (turn H)."""
-        return self.turn == self.horizon - 1
-
     def to_dict(self) -> dict:
         """JSON-serialisable form (random states as their bit-generator states)."""
         return {

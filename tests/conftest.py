@@ -38,7 +38,7 @@ def reference_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_reference_config(reference_cache):
     """The ReferenceConfig of the tiny pi_0 (guess-item, 8 items, H_max = 4)."""
-    from agents.reference import ReferenceConfig
+    from agents.engine.reference import ReferenceConfig
 
     return ReferenceConfig(**TINY_REFERENCE)
 
@@ -46,7 +46,7 @@ def tiny_reference_config(reference_cache):
 @pytest.fixture(scope="session")
 def tiny_reference(tiny_reference_config, reference_cache):
     """A small pi_0 Policy (built once per session; each call of reference_policy loads a fresh copy)."""
-    from agents.reference import reference_policy
+    from agents.engine.reference import reference_policy
 
     return reference_policy(tiny_reference_config, cache=reference_cache, log=lambda *a: None)
 

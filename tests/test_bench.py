@@ -8,10 +8,12 @@ import json
 import pytest
 
 from agents.base import register_agent
-from agents.bench import run_bench
-from agents.config import ExperimentConfig, agent_kwargs, agent_spec
-from agents.refuel import RefuelAgent
-from agents.trainer import latest_checkpoint, read_metrics
+from agents.harness.bench import run_bench
+from agents.harness.build import agent_kwargs
+from agents.harness.config import ExperimentConfig
+from agents.harness.rows import agent_spec
+from agents.algorithms.refuel import RefuelAgent
+from agents.harness.trainer import latest_checkpoint, read_metrics
 
 
 @register_agent("crash-test")
@@ -53,6 +55,7 @@ def strict_json(path):
     return json.loads(path.read_text(), parse_constant=bad)
 
 
+@pytest.mark.slow
 def test_bench_report_failed_row_and_resume(tiny_cfg, tmp_path):
     cfg = dataclasses.replace(tiny_cfg, agents=["pi_0", "refuel", "ppo", "crash-test"])
     logs = []
@@ -105,6 +108,7 @@ def test_bench_report_failed_row_and_resume(tiny_cfg, tmp_path):
     assert not any("reused" in m for m in logs) and res3["rows"][0]["n_dialogues"] == 6
 
 
+@pytest.mark.slow
 def test_interrupted_bench_resumes_partial_training(tiny_cfg, tmp_path):
     cfg = dataclasses.replace(tiny_cfg, agents=["pi_0", "interrupt-once"], iterations=2, eval=dataclasses.replace(
         tiny_cfg.eval, curve_every=0))
@@ -127,7 +131,7 @@ def test_matched_budgets_and_options(tiny_cfg):
     assert agent_kwargs(cfg, agent_spec("refuel"), 3)["batch_size"] == 6
     assert agent_kwargs(cfg, agent_spec("ppo"), 3)["batch_size"] == 12  # two dialogues per pair
     dpo = agent_kwargs(cfg, agent_spec("dpo-online"), 3)
-    assert dpo["online"] is True and dpo["seed"] == 3 and dpo["lr"] == 1e-3
+    assert dpo["rollin"] == dpo["responder"] == "current" and dpo["seed"] == 3 and dpo["lr"] == 1e-3
     rebel = agent_spec("rebel")
     assert rebel.agent == "rebel" and rebel.options == {"target": "last_turn", "rollin": "reference"}
     assert agent_spec("my-agent").agent == "my-agent"

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from agents.cli import main
-from agents.config import ExperimentConfig, from_dict, load_config, preset
+from agents.harness.cli import main
+from agents.harness.config import ExperimentConfig, from_dict, load_config
+from agents.harness.presets import preset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,6 +39,7 @@ def to_toml(d: dict, prefix: str = "") -> str:
     return "\n".join(out)
 
 
+@pytest.mark.slow
 def test_bench_from_toml_with_a_custom_agent_plugin(tiny_dict, tmp_path, capsys):
     cfg_path = tmp_path / "bench.toml"
     cfg_path.write_text(to_toml(tiny_dict))
@@ -55,6 +57,7 @@ def test_bench_from_toml_with_a_custom_agent_plugin(tiny_dict, tmp_path, capsys)
     assert "| rft |" in printed and "Win rate against pi_0" in printed
 
 
+@pytest.mark.slow
 def test_train_then_eval_the_checkpoint(tiny_dict, tmp_path, capsys):
     cfg_path = tmp_path / "c.json"
     cfg_path.write_text(json.dumps(tiny_dict))

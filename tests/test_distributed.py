@@ -21,6 +21,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+pytestmark = pytest.mark.slow  # learning and multi-process runs: minutes; `make test-fast` skips them
+
 # The shares of a minibatch of 3 are uneven (2 and 1 rows), and the last minibatch of a batch of 4 or 7 kept
 # pairs has 1 row, so that one process has no share of it: both paths of the gradient average are exercised.
 #
@@ -50,8 +52,8 @@ def run(case: str, out: Path) -> None:
 
     import refuel_env  # noqa: F401
     from agents.base import make_agent
-    from agents.reference import ReferenceConfig, reference_policy
-    from agents.trainer import train
+    from agents.engine.reference import ReferenceConfig, reference_policy
+    from agents.harness.trainer import train
     from tests.conftest import TINY_REFERENCE
 
     spec = CASES[case]
@@ -136,7 +138,7 @@ def test_two_processes_reach_the_parameters_of_one(tiny_reference, tiny_referenc
 
 
 def reference_params(config) -> dict:
-    from agents.reference import reference_policy
+    from agents.engine.reference import reference_policy
 
     return {k: v.detach().cpu() for k, v in reference_policy(config, log=lambda *a: None).model.state_dict().items()}
 

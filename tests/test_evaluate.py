@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import refuel_env  # noqa: F401
-from agents.evaluate import (Evaluator, bootstrap_ci, evaluate, hierarchical_bootstrap_ci, rollout, score_at_turn,
+from refuel_env import SamplingParams
+from agents.harness.evaluate import (Evaluator, bootstrap_ci, evaluate, hierarchical_bootstrap_ci, rollout, score_at_turn,
                              state_at_turn)
 from refuel_env.tasks.guess_item_players import ScriptedQuestioner
 
@@ -53,7 +54,7 @@ def test_planner_beats_myopic_and_win_rates_follow_the_judge(env):
     assert res.score[-1] > res.reference_score[-1]
     # recompute the per-turn outcomes from the judge's per-turn scores (the rule judge compares scores; ties 1/2)
     mine = rollout(informative, env, 40, seed=0)
-    ref = ev.reference_rollouts(None)
+    ref = ev.reference_rollouts(ev.params.temperature)  # the cached pi_0 side
     for h in range(1, 5):
         sa = np.array([score_at_turn(s, h) for s in mine.finals])
         sb = np.array([score_at_turn(s, h) for s in ref.finals])
@@ -66,16 +67,15 @@ def test_planner_beats_myopic_and_win_rates_follow_the_judge(env):
         assert state_at_turn(short[0], 4) is short[0][-1]
 
 
-def test_evaluation_leaves_policy_and_random_state_untouched(env, tiny_reference):
+def test_evaluation_temperature_overrides_both_sides_and_leaves_random_state_untouched(env, tiny_reference):
     policy = tiny_reference.clone("p")
-    policy.temperature = 0.7
+    params = SamplingParams(max_new_tokens=24, temperature=0.7)
     torch.manual_seed(123)
     before = torch.get_rng_state()
-    res = evaluate(policy, env, tiny_reference, n_dialogues=4, seed=1, temperature=1.3)
+    res = evaluate(policy, env, tiny_reference, n_dialogues=4, seed=1, params=params, temperature=1.3)
     assert res.temperature == pytest.approx(1.3)
-    assert policy.temperature == 0.7 and tiny_reference.temperature == 1.0
     assert torch.equal(torch.get_rng_state(), before)
-    again = evaluate(policy, env, tiny_reference, n_dialogues=4, seed=1, temperature=1.3)
+    again = evaluate(policy, env, tiny_reference, n_dialogues=4, seed=1, params=params, temperature=1.3)
     assert again.wins == res.wins and again.scores == res.scores
 
 

@@ -27,7 +27,9 @@ import torch
 import gymnasium as gym
 import refuel_env  # noqa: F401
 from agents.base import make_agent
-from agents.policy import Policy
+from agents.engine.policy import Policy
+
+pytestmark = pytest.mark.slow  # learning and multi-process runs: minutes; `make test-fast` skips them
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +61,7 @@ def pair_alignment(name, env, pi0, **options) -> float:
     return float((torch.sign(diff[keep]) * (after - before)[keep]).mean())
 
 
-@pytest.mark.parametrize("name,options", [("refuel", {}), ("rebel", {}), ("dpo", {"online": True})])
+@pytest.mark.parametrize("name,options", [("refuel", {}), ("rebel", {}), ("dpo", {"rollin": "current", "responder": "current"})])
 def test_pair_update_moves_toward_the_better_response(env, tiny_reference, name, options):
     score = pair_alignment(name, env, tiny_reference, **options)
     print(f"\n{name}: mean signed change of the relative log-ratio {score:+.3f}")
@@ -103,8 +105,8 @@ SMALL_TASK = {"n_items": 4, "max_turns": 3}
 LEARNING = {  # agent options for 10 iterations of 64 pairs (PPO: 128 dialogues, the same dialogue budget)
     "refuel": ("refuel", {"lr": 1e-3}),
     "rebel": ("rebel", {"lr": 1e-3}),
-    "dpo-offline": ("dpo", {"lr": 3e-4, "beta": 0.5, "online": False}),
-    "dpo-online": ("dpo", {"lr": 1e-3, "online": True}),
+    "dpo-offline": ("dpo", {"lr": 3e-4, "beta": 0.5}),
+    "dpo-online": ("dpo", {"lr": 1e-3, "rollin": "current", "responder": "current"}),
     "ppo": ("ppo", {"lr": 1e-3}),
 }
 
@@ -119,7 +121,7 @@ def small_env():
 def small_reference(reference_cache):
     """The tiny pi_0 recipe on 4 animals, H_max = 3 (about 5 s to build): it scores about 0.38 where the
     informative questioner scores 1.0, so there is room to learn in a few iterations."""
-    from agents.reference import ReferenceConfig, reference_policy
+    from agents.engine.reference import ReferenceConfig, reference_policy
     from conftest import TINY_REFERENCE
 
     cfg = ReferenceConfig(**{**TINY_REFERENCE, **SMALL_TASK})
@@ -127,7 +129,7 @@ def small_reference(reference_cache):
 
 
 def final_score(policy, env, n: int = 512) -> float:
-    from agents.evaluate import rollout
+    from agents.harness.evaluate import rollout
 
     r = rollout(policy, env, n, seed=999, horizon=SMALL_TASK["max_turns"])
     return float(np.mean([s.scores[-1] for s in r.finals]))

@@ -15,10 +15,10 @@ import refuel_env  # noqa: F401
 peft = pytest.importorskip("peft")  # in the dev extra; skipped only where peft is truly absent
 
 from agents.base import make_agent  # noqa: E402
-from agents.cli import main  # noqa: E402
-from agents.plan import model_arch  # noqa: E402
-from agents.policy import Policy  # noqa: E402
-from agents.reference import reference_policy  # noqa: E402
+from agents.harness.cli import main  # noqa: E402
+from agents.harness.hardware import model_arch  # noqa: E402
+from agents.engine.policy import Policy  # noqa: E402
+from agents.engine.reference import reference_policy  # noqa: E402
 
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0}
 
@@ -70,7 +70,7 @@ def test_only_adapters_train_and_an_update_changes_only_them(tiny_reference_conf
     assert all(p.requires_grad for _, p in trainable)
     # and pi_0 generates what the base model generates with the same seed
     convs = [c for c in batch.data["contexts"][:4]]
-    assert agent.ref_policy.generate(convs, seed=3) == base.generate(convs, seed=3)
+    assert agent.ref_policy.generate(convs, agent.sampling, seed=3) == base.generate(convs, agent.sampling, seed=3)
 
 
 def test_checkpoint_round_trip_gives_identical_logprobs(tiny_reference_config, env, tmp_path):
@@ -87,6 +87,8 @@ def test_checkpoint_round_trip_gives_identical_logprobs(tiny_reference_config, e
 
     other = refuel_agent(fresh(cfg, seed=1))  # untrained adapters, other random A matrices
     assert not torch.allclose(other.policy.sequence_logprobs_nograd(enc), want)
+    agent.iteration = 1  # as the trainer counts it
+    agent.save(tmp_path / "ck")
     other.load(tmp_path / "ck")
     assert torch.equal(other.policy.sequence_logprobs_nograd(enc), want)
     assert other.iteration == agent.iteration == 1
@@ -107,6 +109,7 @@ def test_checkpoint_round_trip_gives_identical_logprobs(tiny_reference_config, e
         refuel_agent(fresh(cfg, lora={"r": 2})).load(tmp_path / "ck")
 
 
+@pytest.mark.slow
 def test_train_and_eval_commands_with_lora(tiny_reference_config, reference_cache, tmp_path, capsys):
     ref = {k: v for k, v in dataclasses.asdict(tiny_reference_config).items() if k not in ("n_items", "max_turns", "noise")}
     conf = {"seeds": [0], "iterations": 1, "pairs_per_iteration": 8,

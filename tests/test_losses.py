@@ -6,11 +6,12 @@ import math
 import pytest
 import torch
 
-from agents.dpo import dpo_loss
-from agents.policy import Policy, TemplateError
-from agents.ppo import gae
-from agents.reference import untrained_policy
-from agents.refuel import refuel_loss
+from agents.algorithms.dpo import dpo_loss
+from agents.engine.policy import Policy
+from agents.engine.chat import TemplateError
+from agents.algorithms.ppo import gae
+from agents.engine.reference import untrained_policy
+from agents.algorithms.refuel import refuel_loss
 
 
 def test_refuel_loss_by_hand():
@@ -64,13 +65,13 @@ CTX = [{"role": "user", "content": "I am thinking of one of these animals: whale
 
 
 def test_turn_mask_is_exactly_the_assistant_turn(tiny):
-    enc = tiny.encode_turns([CTX], ["My guess is whale."])
+    enc = tiny.chat.encode_turns([CTX], ["My guess is whale."])
     ids = enc.input_ids[0][enc.turn_mask[0].bool()]
     assert tiny.tokenizer.decode(ids) == "My guess is whale.<|im_end|>\n"
     full = tiny.tokenizer.apply_chat_template(CTX + [{"role": "assistant", "content": "My guess is whale."}], tokenize=False)
     assert tiny.tokenizer.decode(enc.input_ids[0][enc.attention_mask[0].bool()]) == full
     # whole-dialogue masks cover both assistant turns and nothing else
-    enc2, spans = tiny.encode_dialogues([CTX + [{"role": "assistant", "content": "My guess is whale."}]])
+    enc2, spans = tiny.chat.encode_dialogues([CTX + [{"role": "assistant", "content": "My guess is whale."}]])
     text = tiny.tokenizer.decode(enc2.input_ids[0][enc2.turn_mask[0].bool()])
     assert text == "Is it a mammal?<|im_end|>\nMy guess is whale.<|im_end|>\n"
     assert len(spans[0]) == 2
@@ -84,7 +85,7 @@ def test_prefix_inconsistent_template_is_refused(tiny):
                             "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
     p = Policy(tiny.model, broken)
     with pytest.raises(TemplateError, match="prefix"):
-        p.encode_turns([CTX], ["Is it big?"])
+        p.chat.encode_turns([CTX], ["Is it big?"])
 
 
 def test_tokenizer_without_chat_template_is_refused(tiny):
@@ -121,10 +122,10 @@ def test_dpo_loss_matches_trl_dpo_trainer(tiny, tmp_path):
     ours_pol, ours_ref = Policy(model, tiny.tokenizer), Policy(ref, tiny.tokenizer)
     ctx = [c for c, _, _ in pairs]
     with torch.no_grad():
-        lw = ours_pol.sequence_logprobs(ours_pol.encode_turns(ctx, [w for _, w, _ in pairs]))
-        ll = ours_pol.sequence_logprobs(ours_pol.encode_turns(ctx, [l for _, _, l in pairs]))
-        rw = ours_ref.sequence_logprobs(ours_ref.encode_turns(ctx, [w for _, w, _ in pairs]))
-        rl = ours_ref.sequence_logprobs(ours_ref.encode_turns(ctx, [l for _, _, l in pairs]))
+        lw = ours_pol.sequence_logprobs(ours_pol.chat.encode_turns(ctx, [w for _, w, _ in pairs]))
+        ll = ours_pol.sequence_logprobs(ours_pol.chat.encode_turns(ctx, [l for _, _, l in pairs]))
+        rw = ours_ref.sequence_logprobs(ours_ref.chat.encode_turns(ctx, [w for _, w, _ in pairs]))
+        rl = ours_ref.sequence_logprobs(ours_ref.chat.encode_turns(ctx, [l for _, _, l in pairs]))
     ours = dpo_loss(lw, ll, rw, rl, 0.1)
     assert abs(float(ours) - float(trl_loss)) < 1e-5, (float(ours), float(trl_loss))
     assert abs(float(ours) - math.log(2)) > 1e-4  # the comparison is not vacuous

@@ -101,7 +101,7 @@ def test_paper_preset_is_a_valid_task_configuration(monkeypatch):
     rows = [{"trajectory": [{"from": "user", "value": f"task {i}"}], "chosen": "x"} for i in range(20)]
     monkeypatch.setattr(datasets, "load_dataset", lambda name, split: rows)
     task = OpenChatTask(**PAPER_TASK_KWARGS)
-    assert (task.max_turns, task.backend, task.default_judge, task.trust_remote_code) == (5, "vllm", "reward-model", True)
+    assert (task.max_turns, task.backend, task.judge_kind, task.trust_remote_code) == (5, "vllm", "reward-model", True)
     assert len(task.prompts["eval"]) == 4 and len(task.prompts["train"]) == 16
     assert task.user_params == SamplingParams(max_new_tokens=1024, temperature=0.8)
 
@@ -157,20 +157,21 @@ def test_chat_env_steps_offline_with_smollm2_as_user_and_judge():
 # ------------------------------------------------------------------------------ the SmolLM2 chat demonstration
 def test_smollm2_is_a_model_name_a_policy_config_can_use(monkeypatch, tmp_path):
     from refuel_env import models
-    from agents.config import EnvConfig, PolicyConfig
-    from agents.policy import Policy
+    from agents.engine.policy import Policy
+    from agents.harness.build import load_policy
+    from agents.harness.config import EnvConfig, PolicyConfig
 
     monkeypatch.setattr(models, "convert_smollm2", lambda target=None: tmp_path / "converted")
     assert models.resolve_model("smollm2") == models.resolve_model("SmolLM2-135M-Instruct") == str(tmp_path / "converted")
     assert models.resolve_model("/some/model/dir") == "/some/model/dir"
     seen = []
     monkeypatch.setattr(Policy, "from_pretrained", classmethod(lambda cls, path, **kw: seen.append((path, kw)) or "p"))
-    assert PolicyConfig(model="smollm2").load(EnvConfig(task="open-chat-v0"), name="pi_0") == "p"
+    assert load_policy(PolicyConfig(model="smollm2"), EnvConfig(task="open-chat-v0"), name="pi_0") == "p"
     assert [(path, kw["name"]) for path, kw in seen] == [(str(tmp_path / "converted"), "pi_0")]
 
 
 def test_the_example_config_is_an_open_chat_experiment_without_guess_item_arguments():
-    from agents.config import ExperimentConfig, apply_overrides, load_config
+    from agents.harness.config import ExperimentConfig, apply_overrides, load_config
 
     cfg = load_config(EXAMPLE_CONFIG)
     assert cfg.env.task == "open-chat-v0" and cfg.policy.model == "smollm2" and cfg.env.max_turns == 2
@@ -207,8 +208,8 @@ class Says:
 
 
 def test_open_chat_evaluation_judges_each_turn_as_the_env_scored_it(monkeypatch, tmp_path):
-    from agents.config import load_config
-    from agents.evaluate import Evaluator
+    from agents.harness.config import load_config
+    from agents.harness.evaluate import Evaluator
 
     monkeypatch.chdir(tmp_path)
     cfg = load_config(EXAMPLE_CONFIG)

@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 
 import refuel_env  # noqa: F401
-from agents.cli import main
-from agents.config import PAPER_POLICY, PAPER_USER, preset
-from agents.plan import KNOWN_MODELS, dialogue_profile, pair_profile
-from agents.rollout import RolloutEngine
+from refuel_env import SamplingParams
+from agents.harness.cli import main
+from agents.harness.presets import PAPER_POLICY, PAPER_USER, preset
+from agents.harness.hardware import KNOWN_MODELS
+from agents.harness.plan import dialogue_profile, pair_profile
+from agents.engine.rollout import RolloutEngine
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,7 +29,7 @@ def _refuse(*a, **k):
     raise OSError("network access in a dry run")
 socket.socket.connect = _refuse
 socket.create_connection = _refuse
-from agents.cli import main
+from agents.harness.cli import main
 rc = main(sys.argv[1:])
 assert "vllm" not in sys.modules, "the dry run imported vllm"
 sys.exit(rc)
@@ -62,6 +64,7 @@ def test_base_url_of_the_user_server_comes_from_the_environment(monkeypatch):
     assert preset("paper-hh").env.task_kwargs["backend_kwargs"]["base_url"] == "http://127.0.0.1:8000/v1"
 
 
+@pytest.mark.slow
 def test_train_dry_run_offline_prints_the_plan_and_downloads_nothing(tmp_path):
     hf_home = tmp_path / "hf"
     hf_home.mkdir()
@@ -141,7 +144,7 @@ def test_plan_rows_match_the_rollout_engine(last_turn):
     env = gym.make_vec("RefuelDialogue-v0", num_envs=1, max_turns=hmax)
     asker = Asker()
     _, dropped = RolloutEngine(env).pairs(n, np.random.default_rng(0), rollin=asker, responder=asker,
-                                          continuation=None, last_turn=last_turn)
+                                          last_turn=last_turn, params=SamplingParams())
     assert dropped["ended_before_branch"] == 0
     want = pair_profile(n, hmax, last_turn)
     assert len(asker.calls) == len(want)
@@ -154,7 +157,7 @@ def test_plan_rows_of_whole_dialogues_match_the_engine():
     n, hmax = 400, 4
     env = gym.make_vec("RefuelDialogue-v0", num_envs=1, max_turns=hmax)
     asker = Asker()
-    RolloutEngine(env).dialogues(n, asker, np.random.default_rng(1))
+    RolloutEngine(env).dialogues(n, asker, np.random.default_rng(1), SamplingParams())
     want = dialogue_profile(n, hmax, "uniform")
     assert len(asker.calls) == len(want) and asker.calls[0] == n
     assert all(abs(got - rows) <= 0.06 * n for got, (_, rows, _) in zip(asker.calls, want))

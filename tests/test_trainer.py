@@ -10,8 +10,8 @@ import torch
 
 import refuel_env  # noqa: F401
 from agents.base import Batch, make_agent
-from agents.reference import reference_policy
-from agents.trainer import latest_checkpoint, read_metrics, train
+from agents.engine.reference import reference_policy
+from agents.harness.trainer import latest_checkpoint, read_metrics, train
 
 SMALL = dict(batch_size=4, max_new_tokens=8, epochs=1, minibatch_size=4, lr=1e-3)
 
@@ -38,6 +38,7 @@ class Killed(BaseException):
     """Stands in for a kill (SIGINT/SIGTERM) in the middle of an iteration."""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["refuel", "ppo"])
 def test_killed_and_resumed_run_matches_uninterrupted_run(env, tiny_reference_config, tmp_path, name):
     straight = fresh(name, tiny_reference_config)
@@ -115,7 +116,8 @@ def test_metrics_tensorboard_checkpoints(env, tiny_reference_config, tmp_path):
 
 
 def test_nonfinite_losses_are_skipped_and_counted(env, tiny_reference_config, tmp_path):
-    agent = fresh("refuel", tiny_reference_config, eta=float("nan"))  # every loss is NaN
+    agent = fresh("refuel", tiny_reference_config)
+    agent.config.eta = float("nan")  # every loss is NaN (the config itself refuses a NaN eta)
     before = params(agent)
     train(agent, env, 2, out=tmp_path, progress=False, log=lambda *a: None)
     rows = read_metrics(tmp_path)

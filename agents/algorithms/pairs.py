@@ -1,23 +1,38 @@
 """Pair collection shared by REFUEL, REBEL and DPO: they differ only in configuration and loss.
 
-Where the context comes from (``rollin``), who answers at turn h (``responder``) and what the target
-is (``target``: the relative future, i.e. each branch continued to the horizon, or the last-turn
-reward with earlier turns fixed) are configuration, so "REBEL-LT-MIXED", "DPO-LT-OFFLINE" and
-REFUEL are rows of one table, not copies.
+The data of one iteration, as in the paper's Algorithm 1 (REFUEL; arXiv 2410.04612):
+
+    for each of the batch_size pairs:
+        H ~ U{1..H_max};  h ~ U{1..H}                 (target="last_turn": h = H)
+        roll in turns 1..h-1 with `rollin` and the user simulator  -> s_h
+        a, a' ~ `responder`(. | s_h)                 two branches of the same state (goal, user randomness)
+        continue each branch to H with `responder`   (target="last_turn": nothing to continue)
+        Q(a), Q(a') = the judge's score of each branch at H
+    drop pairs with a' == a (no signal) and, for preference losses, pairs with Q(a) == Q(a')
+    store ln pi_anchor(a | s_h), ln pi_anchor(a' | s_h), summed over the turn-h tokens only
+
+Where the context comes from (``rollin``), who answers at turn h (``responder``) and what the target is
+(``target``: the relative future, i.e. each branch continued to the horizon, or the last-turn reward with
+earlier turns fixed) are configuration, validated together, so "REBEL-LT-MIXED", "DPO-LT-OFFLINE" and
+REFUEL are rows of one table, not copies. Two facts belong to each loss, not to the configuration, and are
+declared on its class: ``anchor`` (whose log-probabilities the loss is relative to: pi_t, the policy that
+collected the data, or the frozen pi_ref) and ``needs_preference`` (ties carry no preference).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 
-from .base import Agent, AgentConfig, Batch
-from .distributed import cat_rows, sum_stats
-from .policy import EncodedTurns, TemplateError
+from ..base import Agent, AgentConfig, Batch
+from ..engine.chat import EncodedTurns, TemplateError
+from ..engine.distributed import cat_rows, sum_stats
 
 ROLLINS = ("current", "reference", "offline")
+RESPONDERS = ("current", "reference")
 TARGETS = ("relative_future", "last_turn")
 
 
@@ -25,23 +40,29 @@ TARGETS = ("relative_future", "last_turn")
 class PairConfig(AgentConfig):
     rollin: str = "current"
     """Who plays the assistant up to s_h: "current" (pi_t), "reference" (pi_0, the paper's "mixed"),
-    or "offline" (the behaviour policy of the offline data: the task's scripted demonstrator)."""
+    or "offline" (the behaviour policy of the task's offline data: for guess-item, its scripted demonstrator)."""
     responder: str = "current"
     """Who samples the two responses at turn h (and continues the branches): "current" or "reference"."""
     target: str = "relative_future"
     """"relative_future": h ~ U{1..H}, each branch continued to H (REFUEL); "last_turn": h = H."""
 
+    def __post_init__(self):
+        super().__post_init__()
+        if self.rollin not in ROLLINS or self.responder not in RESPONDERS or self.target not in TARGETS:
+            raise ValueError(f"rollin must be one of {ROLLINS}, responder one of {RESPONDERS}, target one of "
+                             f"{TARGETS}; got rollin={self.rollin!r}, responder={self.responder!r}, target={self.target!r}")
+        if self.temperature == 0:
+            raise ValueError("temperature 0 (greedy) makes the two responses of every pair identical, and identical "
+                             "pairs are dropped: use a temperature > 0")
+
 
 class PairAgent(Agent):
     Config = PairConfig
     data_parallel = True
-    anchor = "current"  # whose log-probs are stored with the pairs: pi_t ("current") or pi_ref ("reference")
-
-    def setup(self) -> None:
-        c = self.config
-        if c.rollin not in ROLLINS or c.responder not in ("current", "reference") or c.target not in TARGETS:
-            raise ValueError(f"rollin must be one of {ROLLINS}, responder 'current' or 'reference', target one of "
-                             f"{TARGETS}; got rollin={c.rollin!r}, responder={c.responder!r}, target={c.target!r}")
+    anchor: ClassVar[str] = "pi_t"
+    """Whose log-probabilities the loss is relative to: "pi_t" (the policy that collected the pairs) or "pi_ref"."""
+    needs_preference: ClassVar[bool] = False
+    """True for losses that need a winner: pairs with equal returns are dropped (and counted)."""
 
     def speaker(self, which: str, task):
         if which == "current":
@@ -53,9 +74,10 @@ class PairAgent(Agent):
     def encode_pairs(self, contexts, responses) -> tuple[EncodedTurns | None, list[int], int]:
         """Encode both responses of each pair (rows i and n+i); drop and count pairs the template breaks."""
         rows_a, rows_b, keep, errors = [], [], [], 0
+        chat = self.policy.chat
         for i, (ctx, (a, b)) in enumerate(zip(contexts, responses)):
             try:
-                ra, rb = self.policy.turn_row(ctx, a), self.policy.turn_row(ctx, b)
+                ra, rb = chat.turn_row(ctx, a), chat.turn_row(ctx, b)
             except TemplateError:
                 errors += 1
                 continue
@@ -64,20 +86,21 @@ class PairAgent(Agent):
             keep.append(i)
         if not keep:
             return None, keep, errors
-        return self.policy.pad_rows(rows_a + rows_b), keep, errors
+        return chat.pad_rows(rows_a + rows_b), keep, errors
 
     def collect(self, env) -> Batch:
         c = self.config
         eng = self.engine(env)
         before = dict(eng.stats)
         self.policy.model.eval()
-        pairs, dropped = eng.pairs(c.batch_size, self.rng, rollin=self.speaker(c.rollin, eng.machine.task),
-                                   responder=self.speaker(c.responder, eng.machine.task), continuation=None,
-                                   last_turn=c.target == "last_turn")
+        task = eng.machine.task
+        pairs, dropped = eng.pairs(c.batch_size, self.rng, rollin=self.speaker(c.rollin, task),
+                                   responder=self.speaker(c.responder, task), last_turn=c.target == "last_turn",
+                                   params=self.sampling)
         n0 = len(pairs.contexts)
         finite = np.isfinite(pairs.returns).all(1)
         distinct = np.array([a != b for a, b in pairs.responses], dtype=bool) if n0 else np.zeros(0, bool)
-        usable = np.array([self.usable(r) for r in pairs.returns], dtype=bool)
+        usable = (pairs.returns[:, 0] != pairs.returns[:, 1]) if self.needs_preference else np.ones(n0, bool)
         keep_rows = [i for i in range(n0) if finite[i] and distinct[i] and usable[i]]
         contexts = [pairs.contexts[i] for i in keep_rows]
         responses = [pairs.responses[i] for i in keep_rows]
@@ -90,8 +113,8 @@ class PairAgent(Agent):
                  "mean_return": float(np.nanmean(pairs.returns)) if n0 else float("nan")}
         data = None
         if enc is not None:
-            anchor = self.policy if self.anchor == "current" else self.ref_policy
-            old = anchor.sequence_logprobs_nograd(enc)
+            anchor = self.policy if self.anchor == "pi_t" else self.ref_policy
+            old = anchor.sequence_logprobs_nograd(enc, temperature=c.temperature)
             n = len(rows)
             data = {"enc": enc, "old_a": old[:n], "old_b": old[n:],
                     "returns": torch.tensor(pairs.returns[rows], dtype=torch.float32),
@@ -118,18 +141,14 @@ class PairAgent(Agent):
         data.update({k: np.concatenate([d[k] for d in ds]) for k in ("turns", "horizons")})
         return {"enc": enc, **data}, stats
 
-    def usable(self, returns: np.ndarray) -> bool:
-        """Whether a pair carries a learning signal for this loss (DPO drops ties)."""
-        return True
-
     def loss(self, logp_a, logp_b, old_a, old_b, returns) -> tuple[torch.Tensor, dict]:
+        """The algorithm's loss on a minibatch of pairs: (mean loss, metrics)."""
         raise NotImplementedError
 
     def update(self, batch: Batch) -> dict[str, float]:
         n = len(batch)
         if n == 0:
             self.skipped["empty_batches"] += 1
-            self.iteration += 1
             return {"loss": float("nan"), "pairs": 0, "skipped_empty_batches": self.skipped["empty_batches"]}
         d = batch.data
         self.policy.model.train()
@@ -137,23 +156,23 @@ class PairAgent(Agent):
         losses, extra = [], {}
         for idx in self.minibatches(n):
             mine = self.dist.share(idx)  # one process: the whole minibatch
-            out = self.accumulate_step(self._minibatch_losses(d, n, idx, mine, model), len(mine) / len(idx))
+            out = self.accumulate_step(self.minibatch_losses(d, n, idx, mine, model), len(mine) / len(idx))
             if out:
                 losses.append(out.pop("loss"))
                 for k, v in out.items():
                     extra.setdefault(k, []).append(v)
         self.policy.model.eval()
-        self.iteration += 1
         return {"loss": float(np.mean(losses)) if losses else float("nan"), "pairs": n,
                 **{k: float(np.mean(v)) for k, v in extra.items()},
                 "skipped_nonfinite_loss": self.skipped["nonfinite_loss"]}
 
-    def _minibatch_losses(self, d: dict, n: int, idx, mine, model):
+    def minibatch_losses(self, d: dict, n: int, idx, mine, model):
         """(loss, fraction, info) of each micro-batch of this process's share ``mine`` of minibatch ``idx``."""
         rows = mine if len(mine) else idx[:1]
         for chunk in self.micro_batches(rows):
             idx_t = torch.as_tensor(chunk)
-            lp = self.policy.sequence_logprobs(d["enc"].select(torch.cat([idx_t, idx_t + n])), model)
+            lp = self.policy.sequence_logprobs(d["enc"].select(torch.cat([idx_t, idx_t + n])), model,
+                                               self.config.temperature)
             m = len(idx_t)
             loss, info = self.loss(lp[:m], lp[m:], d["old_a"][idx_t].to(lp.device), d["old_b"][idx_t].to(lp.device),
                                    d["returns"][idx_t].to(lp.device))

@@ -103,7 +103,7 @@ def demonstrations(cfg: ReferenceConfig) -> list[list[dict]]:
 
 def sft(policy: Policy, dialogues, epochs: int, lr: float, batch_size: int, seed: int, log=print) -> list[float]:
     """Supervised fine-tuning on every assistant turn (the same turn masks the RL losses use)."""
-    enc, _ = policy.encode_dialogues(dialogues)
+    enc, _ = policy.chat.encode_dialogues(dialogues)
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(policy.model.parameters(), lr=lr, weight_decay=0.0)
     n = enc.input_ids.shape[0]

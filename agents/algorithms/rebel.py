@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import register_agent
+from ..base import register_agent
 from .refuel import RefuelAgent, RefuelConfig
 
 

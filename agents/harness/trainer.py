@@ -146,8 +146,9 @@ def default_eval_fn(env: Any, n_dialogues: int = 32, seed: int = 1234) -> Callab
     def fn(agent):
         ev = cache.get(id(agent.ref_policy))
         if ev is None:
-            ev = cache[id(agent.ref_policy)] = Evaluator(env, agent.ref_policy, n_dialogues, seed, examples=0)
-        return ev(agent.policy)
+            ev = cache[id(agent.ref_policy)] = Evaluator(env, agent.ref_policy, n_dialogues, seed, agent.sampling,
+                                                         examples=0)
+        return ev(agent.policy, agent.sampling)
 
     return fn
 
@@ -158,7 +159,8 @@ def train(agent: Any, env: Any, iterations: int, eval_every: int = 0, out: str |
     """Train ``agent`` on ``env`` up to ``iterations`` iterations (a total: a resumed run goes on from its checkpoint).
 
     Args:
-        agent: anything with ``collect(env)``, ``update(batch)``, ``save``/``load`` and ``iteration``.
+        agent: anything with ``collect(env)``, ``update(batch)``, ``save``/``load`` and ``iteration`` (the count
+            of completed iterations, which this loop advances after each update).
         env: the environment the agent collects from.
         iterations: total collect-and-update iterations.
         eval_every: evaluate every this many iterations (and before the first, and after the last); 0: never.
@@ -172,7 +174,7 @@ def train(agent: Any, env: Any, iterations: int, eval_every: int = 0, out: str |
     """
     if iterations < 0:
         raise ValueError(f"iterations must be >= 0, got {iterations}")
-    from .distributed import current
+    from ..engine.distributed import current
 
     dist = getattr(agent, "dist", None) or current()
     main = dist.is_main
@@ -270,8 +272,7 @@ def train(agent: Any, env: Any, iterations: int, eval_every: int = 0, out: str |
             t1 = time.perf_counter()
             metrics = agent.update(batch)
             t2 = time.perf_counter()
-            if agent.iteration < it:  # an agent that skipped an empty batch still used up the iteration
-                agent.iteration = it
+            agent.iteration = it  # the loop owns the count (an agent that skipped an empty batch used the iteration)
             stats = dict(getattr(batch, "stats", {}) or {})
             budget["iterations"] = it
             for k in BUDGET_KEYS:

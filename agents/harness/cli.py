@@ -7,7 +7,8 @@
     refuel train --preset paper-ultrainteract --out runs/paper --dry-run   # check it, print the plan and hardware
 
 Configuration: a preset (``--preset``), then a JSON/TOML/YAML file (``--config``), then flags, then
-``--set key=value`` (dotted keys of :class:`agents.config.ExperimentConfig`; values parsed as JSON).
+``--set key=value`` (dotted keys of :class:`agents.harness.config.ExperimentConfig`; values parsed as JSON).
+``python -m agents`` is the same command (``accelerate launch -m agents train ...``).
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ import signal  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from .config import (DEFAULT_ROWS, PRESETS, STANDARD_ROWS, ExperimentConfig, agent_spec,  # noqa: E402
-                     apply_overrides, from_dict, parse_value, preset, read_config_file)
+from .config import ExperimentConfig, apply_overrides, from_dict, parse_value, read_config_file  # noqa: E402
+from .presets import PRESETS, preset  # noqa: E402
+from .rows import DEFAULT_ROWS, STANDARD_ROWS, agent_spec  # noqa: E402
 
 
 def import_plugin(spec: str) -> None:
@@ -69,14 +71,14 @@ def build_config(args) -> ExperimentConfig:
 
 
 def check_agents(cfg: ExperimentConfig) -> None:
-    from . import dpo, ppo, rebel, refuel  # noqa: F401
-    from .base import AGENTS
+    from ..base import agent_registry
 
+    agents = agent_registry()
     for spec in cfg.agents:
-        if spec.agent != "pi_0" and spec.agent not in AGENTS:
-            raise KeyError(f"unknown agent {spec.agent!r} (row {spec.label!r}); registered: {', '.join(AGENTS.names())}; "
+        if spec.agent != "pi_0" and spec.agent not in agents:
+            raise KeyError(f"unknown agent {spec.agent!r} (row {spec.label!r}); registered: {', '.join(agents.names())}; "
                            f"standard rows: {', '.join(STANDARD_ROWS)}. Register your own with "
-                           "@agents.base.register_agent(name) and load it with --import MODULE_OR_FILE")
+                           "@agents.register_agent(name) and load it with --import MODULE_OR_FILE")
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -151,7 +153,8 @@ def cmd_bench(args, cfg: ExperimentConfig) -> int:
 def dry_run(cfg: ExperimentConfig, command: str, gpu_gib: float = 80.0) -> int:
     """Check everything that can be checked without loading a model or the env; print the resolved configuration
     (stdout, JSON) and the plan with its hardware estimate (stderr). Problems raise :class:`~agents.plan.ConfigError`."""
-    from .plan import ConfigError, check, plan_text
+    from .plan import plan_text
+    from .validate import ConfigError, check
 
     problems, notes = check(cfg, command)
     if problems:
@@ -164,18 +167,11 @@ def dry_run(cfg: ExperimentConfig, command: str, gpu_gib: float = 80.0) -> int:
     return 0
 
 
-def _env(cfg: ExperimentConfig):
+def _threads(cfg: ExperimentConfig) -> None:
     import torch
 
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
-    return cfg.env.make()
-
-
-def _sampling(ref, cfg: ExperimentConfig):
-    ref.temperature = float(cfg.agent_options.get("temperature", ref.temperature))
-    ref.max_new_tokens = int(cfg.agent_options.get("max_new_tokens", ref.max_new_tokens))
-    return ref
 
 
 def _print_eval(res, title: str) -> str:
@@ -188,9 +184,8 @@ def _print_eval(res, title: str) -> str:
 
 
 def cmd_train(args, cfg: ExperimentConfig) -> int:
-    from .base import make_agent
-    from .config import agent_kwargs
-    from .distributed import current
+    from ..engine.distributed import current
+    from .build import build_agent, make_env, sampling
     from .evaluate import Evaluator
     from .trainer import train
 
@@ -202,18 +197,18 @@ def cmd_train(args, cfg: ExperimentConfig) -> int:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps({"agent": spec.label, "seed": seed, "config": cfg.to_dict()}, indent=2))
     with dist.main_process_first():  # a pi_0 built on first use is built (and cached) once
-        env = _env(cfg)
-        # with LoRA, pi_0 is the policy's own base weights with the adapters off (one copy of the model)
-        policy, ref = cfg.policy.load_with_reference(cfg.env, name=spec.label, seed=seed)
-    agent = make_agent(spec.agent, policy=policy, ref_policy=_sampling(ref, cfg), **agent_kwargs(cfg, spec, seed))
-    e = cfg.eval
+        _threads(cfg)
+        env = make_env(cfg.env)
+        agent = build_agent(cfg, spec, seed)
+    e, ref = cfg.eval, agent.ref_policy
     every = e.curve_every if args.eval_every is None else args.eval_every
-    curve = Evaluator(env, ref, e.curve_n_dialogues, e.seed + 1, e.temperature, 0, 200)
-    res = train(agent, env, cfg.iterations, eval_every=every, out=out, eval_fn=lambda ag: curve(ag.policy),
+    curve = Evaluator(env, ref, e.curve_n_dialogues, e.seed + 1, sampling(cfg), e.temperature, 0, 200)
+    res = train(agent, env, cfg.iterations, eval_every=every, out=out, eval_fn=lambda ag: curve(ag.policy, ag.sampling),
                 checkpoint_every=cfg.checkpoint_every, resume=not args.no_resume, progress=not args.no_progress)
     if not dist.is_main:  # the main process evaluates and writes
         return 0
-    final = Evaluator(env, ref, e.n_dialogues, e.seed, e.temperature, e.examples, e.bootstrap)(agent.policy)
+    final = Evaluator(env, ref, e.n_dialogues, e.seed, sampling(cfg), e.temperature, e.examples,
+                      e.bootstrap)(agent.policy, agent.sampling)
     (out / "eval.json").write_text(json.dumps({"budget": res.budget, "eval": final.to_dict()}, indent=2))
     text = _print_eval(final, f"{spec.label} (seed {seed}) after {agent.iteration} iterations, "
                               f"{res.budget['dialogues']} dialogues, {res.budget['tokens_generated']} tokens generated")
@@ -222,46 +217,24 @@ def cmd_train(args, cfg: ExperimentConfig) -> int:
     return 0
 
 
-def load_checkpoint_policy(path: str | Path, base_model: str | None = None, dtype=None, device=None):
-    """The policy of an agent checkpoint (or a model directory). A LoRA checkpoint's adapters go on
-    ``base_model`` (default: the base model they name)."""
-    from .policy import Policy
-
-    path = Path(path)
-    model_dir = path / "policy" if (path / "policy" / "config.json").exists() else path
-    if not (model_dir / "config.json").exists():
-        raise FileNotFoundError(f"{path} holds neither an agent checkpoint (policy/config.json) nor a Hugging Face "
-                                "model (config.json)")
-    policy = Policy.from_pretrained(str(model_dir), name=path.name, base_model=base_model, dtype=dtype, device=device,
-                                    trainable=False)
-    meta = path / "agent_config.json"
-    if meta.exists():
-        m = json.loads(meta.read_text())
-        policy.temperature = float(m.get("temperature", policy.temperature))
-        policy.max_new_tokens = int(m.get("max_new_tokens", policy.max_new_tokens))
-    return policy
-
-
 def cmd_eval(args, cfg: ExperimentConfig) -> int:
+    from .build import load_checkpoint_policy, load_reference, make_env, sampling
     from .evaluate import Evaluator
 
-    env = _env(cfg)
+    _threads(cfg)
+    env = make_env(cfg.env)
     base = None
     if cfg.policy.model:
         from refuel_env.models import resolve_model
 
         base = resolve_model(cfg.policy.model)
-    policy = load_checkpoint_policy(args.checkpoint, base_model=base, dtype=cfg.policy.dtype, device=cfg.policy.device)
-    if policy.is_lora:  # pi_0: the same base weights with the adapters off
-        ref = policy.reference("pi_0")
-    else:
-        ref = cfg.policy.load(cfg.env, name="pi_0", lora=False)
-        ref.model.requires_grad_(False)
-    _sampling(ref, cfg)
-    if "temperature" in cfg.agent_options and not (Path(args.checkpoint) / "agent_config.json").exists():
-        policy.temperature = float(cfg.agent_options["temperature"])
+    policy, params = load_checkpoint_policy(args.checkpoint, base_model=base, dtype=cfg.policy.dtype,
+                                            device=cfg.policy.device)
+    # pi_0: with LoRA, the same base weights with the adapters off
+    ref = policy.reference("pi_0") if policy.is_lora else load_reference(cfg.policy, cfg.env)
     e = cfg.eval
-    res = Evaluator(env, ref, e.n_dialogues, e.seed, e.temperature, e.examples, e.bootstrap)(policy)
+    res = Evaluator(env, ref, e.n_dialogues, e.seed, sampling(cfg), e.temperature, e.examples,
+                    e.bootstrap)(policy, params or sampling(cfg))
     text = _print_eval(res, f"{args.checkpoint}: {res.n_dialogues} held-out dialogues, temperature {res.temperature}")
     if args.out:
         out = Path(args.out)
@@ -273,13 +246,12 @@ def cmd_eval(args, cfg: ExperimentConfig) -> int:
 
 
 def cmd_list(args, cfg=None) -> int:
-    from . import dpo, ppo, rebel, refuel  # noqa: F401
-    from .base import AGENTS
+    from ..base import agent_registry
 
     print("presets:", ", ".join(PRESETS))
     print("standard rows:", ", ".join(f"{k} ({v.agent}{' ' + json.dumps(v.options) if v.options else ''})"
                                       for k, v in STANDARD_ROWS.items()))
-    print("registered agents:", ", ".join(AGENTS.names()))
+    print("registered agents:", ", ".join(agent_registry().names()))
     return 0
 
 

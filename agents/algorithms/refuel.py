@@ -13,18 +13,25 @@ Logits are scaled by the sampling temperature (as in the reference code; 1.0 by 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
-from .base import register_agent
+from ..base import register_agent
 from .pairs import PairAgent, PairConfig
 
 
 @dataclass
 class RefuelConfig(PairConfig):
     eta: float = 1.0
-    """Scale of the return difference the log-ratio difference regresses onto."""
+    """Scale of the return difference the log-ratio difference regresses onto (negative: the target negated, a
+    control that must make the policy worse)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.eta, bool) or not isinstance(self.eta, (int, float)) or not math.isfinite(self.eta):
+            raise ValueError(f"eta must be a finite number, got {self.eta!r}")
 
 
 def refuel_loss(logp_a, logp_b, old_a, old_b, returns, eta: float) -> torch.Tensor:

@@ -19,17 +19,18 @@ hierarchical (resample seeds, then dialogues within each seed) by :func:`hierarc
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 
-from .policy import Policy
 from refuel_env.core import machine_of
+from refuel_env.types import SamplingParams
 
-from .rollout import RolloutEngine
+from ..engine.policy import Policy
+from ..engine.rollout import RolloutEngine
 
 
 # ------------------------------------------------------------------------------------------ bootstrap
@@ -81,30 +82,20 @@ class Rollouts:
     temperature: float
 
 
-@contextlib.contextmanager
-def sampling_temperature(policies: Sequence[Any], temperature: float | None):
-    """Temporarily set the sampling temperature of every Policy given (restored afterwards)."""
-    saved = [(p, p.temperature) for p in policies if isinstance(p, Policy)]
-    try:
-        if temperature is not None:
-            for p, _ in saved:
-                p.temperature = float(temperature)
-        yield
-    finally:
-        for p, t in saved:
-            p.temperature = t
+DEFAULT_SAMPLING = SamplingParams(max_new_tokens=24, temperature=1.0)
+"""The agents' default sampling (``AgentConfig``): what evaluation uses when it is told nothing else."""
 
 
-def rollout(speaker: Any, env: Any, n: int, seed: int, temperature: float | None = None,
+def rollout(speaker: Any, env: Any, n: int, seed: int, params: SamplingParams = DEFAULT_SAMPLING,
             horizon: int | None = None) -> Rollouts:
-    """n held-out dialogues of ``speaker`` (a Policy, or anything with ``act``), all with horizon H_max."""
+    """n held-out dialogues of ``speaker`` (a Policy, sampled with ``params``, or anything with ``act``), all with
+    horizon H_max."""
     eng = RolloutEngine(env)
     H = int(horizon or eng.machine.max_turns)
     t0 = time.perf_counter()
-    with sampling_temperature([speaker], temperature):
-        temp = float(getattr(speaker, "temperature", float("nan")))
-        finals, snaps = eng.dialogues(n, speaker, np.random.default_rng(seed), split="eval", horizons=[H] * n,
-                                      snapshots=True)
+    temp = float(params.temperature) if isinstance(speaker, Policy) else float("nan")
+    finals, snaps = eng.dialogues(n, speaker, np.random.default_rng(seed), params, split="eval", horizons=[H] * n,
+                                  snapshots=True)
     return Rollouts(finals, snaps, int(eng.stats["tokens_generated"]), time.perf_counter() - t0, seed, temp)
 
 
@@ -194,40 +185,45 @@ class Evaluator:
         reference: pi_0.
         n_dialogues: held-out dialogues.
         seed: seeds the opening states and sampling of both sides.
+        params: how pi_0 samples (and an evaluated policy, unless its own are given).
         temperature: sampling temperature of both sides; None: the evaluated policy's.
         examples: example dialogue pairs kept in the result.
         n_boot: bootstrap resamples.
     """
 
     def __init__(self, env: Any, reference: Any, n_dialogues: int = 64, seed: int = 1234,
-                 temperature: float | None = None, examples: int = 3, n_boot: int = 2000):
+                 params: SamplingParams | None = None, temperature: float | None = None, examples: int = 3,
+                 n_boot: int = 2000):
         if n_dialogues < 1:
             raise ValueError(f"n_dialogues must be >= 1, got {n_dialogues}")
         self.env, self.reference = env, reference
         self.machine = machine_of(env)
+        self.params = params or DEFAULT_SAMPLING
         self.n, self.seed, self.temperature = int(n_dialogues), int(seed), temperature
         self.examples, self.n_boot = int(examples), int(n_boot)
         self.horizon = int(self.machine.max_turns)
         self._ref_cache: dict = {}
 
-    def _temp(self, policy: Any) -> float | None:
-        if self.temperature is not None:
-            return float(self.temperature)
-        return float(policy.temperature) if isinstance(policy, Policy) else None
+    def reference_rollouts(self, temperature: float) -> Rollouts:
+        if temperature not in self._ref_cache:
+            params = dataclasses.replace(self.params, temperature=temperature)
+            self._ref_cache[temperature] = rollout(self.reference, self.env, self.n, self.seed, params, self.horizon)
+        return self._ref_cache[temperature]
 
-    def reference_rollouts(self, temperature: float | None) -> Rollouts:
-        key = temperature
-        if key not in self._ref_cache:
-            self._ref_cache[key] = rollout(self.reference, self.env, self.n, self.seed, temperature, self.horizon)
-        return self._ref_cache[key]
-
-    def __call__(self, policy: Any) -> EvalResult:
-        """Evaluate a Policy (or an agent's policy: an object with a ``policy`` attribute holding one)."""
+    def __call__(self, policy: Any, params: SamplingParams | None = None) -> EvalResult:
+        """Evaluate a Policy sampled with ``params`` (default: pi_0's), an agent's policy (an object with
+        ``policy`` and ``sampling``), or any speaker with ``act``."""
         if not isinstance(policy, Policy) and isinstance(getattr(policy, "policy", None), Policy):
+            params = params or getattr(policy, "sampling", None)
             policy = policy.policy  # an agent: its own act() would draw on (and advance) the agent's random state
-        temp = self._temp(policy)
+        params = params or self.params
+        if self.temperature is not None:
+            temp = float(self.temperature)
+        else:
+            temp = float(params.temperature if isinstance(policy, Policy) else self.params.temperature)
         ref = self.reference_rollouts(temp)
-        mine = ref if policy is self.reference else rollout(policy, self.env, self.n, self.seed, temp, self.horizon)
+        mine = ref if policy is self.reference else rollout(policy, self.env, self.n, self.seed,
+                                                            dataclasses.replace(params, temperature=temp), self.horizon)
         return self.result(mine, ref)
 
     def result(self, mine: Rollouts, ref: Rollouts) -> EvalResult:
@@ -252,6 +248,9 @@ class Evaluator:
 
 
 def evaluate(policy: Any, env: Any, reference: Any, n_dialogues: int = 64, seed: int = 1234,
-             temperature: float | None = None, examples: int = 3, n_boot: int = 2000) -> EvalResult:
-    """Per-turn win rate of ``policy`` against ``reference`` and mean judge score per turn (see module doc)."""
-    return Evaluator(env, reference, n_dialogues, seed, temperature, examples, n_boot)(policy)
+             params: SamplingParams | None = None, temperature: float | None = None, examples: int = 3,
+             n_boot: int = 2000) -> EvalResult:
+    """Per-turn win rate of ``policy`` (a Policy, or an agent) against ``reference`` and mean judge score per turn
+    (see the module doc); both sides sample with ``params`` (an agent's own by default)."""
+    params = params or getattr(policy, "sampling", None)
+    return Evaluator(env, reference, n_dialogues, seed, params, temperature, examples, n_boot)(policy)

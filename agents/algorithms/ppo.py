@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .base import Agent, AgentConfig, Batch, register_agent
-from .distributed import cat_rows, sum_stats
-from .policy import EncodedTurns, TemplateError
+from ..base import Agent, AgentConfig, Batch, register_agent
+from ..engine.chat import EncodedTurns, TemplateError
+from ..engine.distributed import cat_rows, sum_stats
 
 
 @dataclass
@@ -50,19 +50,45 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     is bootstrapped across them); after the last action the value is 0.
     """
     adv = torch.zeros_like(rewards)
-    for i in range(rewards.shape[0]):
-        pos = torch.nonzero(mask[i], as_tuple=False).flatten().tolist()
-        last, next_value = 0.0, 0.0
-        for t in reversed(pos):
-            delta = rewards[i, t] + gamma * next_value - values[i, t]
-            last = delta + gamma * lam * last
-            adv[i, t] = last
-            next_value = values[i, t]
+    last = torch.zeros_like(rewards[:, 0])  # the advantage of each row's next action
+    next_value = torch.zeros_like(rewards[:, 0])  # and its value
+    for t in reversed(range(rewards.shape[1])):  # all rows at once, right to left
+        on = mask[:, t] > 0
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        here = delta + gamma * lam * last
+        adv[:, t] = torch.where(on, here, adv[:, t])
+        last = torch.where(on, here, last)
+        next_value = torch.where(on, values[:, t], next_value)
     return adv
 
 
 def masked_mean(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return (x * m).sum() / m.sum().clamp(min=1)
+
+
+def kl_rewards(logp_old: torch.Tensor, logp_ref: torch.Tensor, mask: torch.Tensor, scores: torch.Tensor,
+               kl_coef: float) -> torch.Tensor:
+    """Per-token rewards [N, T]: ``-kl_coef * (ln pi_old - ln pi_ref)`` on every assistant token, plus the judge's
+    score at the horizon on each dialogue's last assistant token."""
+    rewards = -kl_coef * (logp_old - logp_ref) * mask
+    last = mask.shape[1] - 1 - torch.argmax(mask.flip(1), dim=1)  # last assistant token of each dialogue
+    rewards[torch.arange(len(scores), device=rewards.device), last] += scores.to(rewards.device)
+    return rewards
+
+
+def policy_loss(logp: torch.Tensor, logp_old: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor,
+                clip_range: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clipped surrogate ``mean(max(-A r, -A clip(r, 1 - eps, 1 + eps)))`` over the masked tokens, and the
+    ratio r = pi / pi_old."""
+    ratio = torch.exp(logp - logp_old)
+    return masked_mean(torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - clip_range, 1 + clip_range)), mask), ratio
+
+
+def value_loss(v: torch.Tensor, v_old: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+               clip_range_value: float) -> torch.Tensor:
+    """``0.5 * mean(max((V - R)^2, (clip(V, V_old - eps_v, V_old + eps_v) - R)^2))`` over the masked tokens."""
+    v_clip = v_old + (v - v_old).clamp(-clip_range_value, clip_range_value)
+    return 0.5 * masked_mean(torch.maximum((v - returns) ** 2, (v_clip - returns) ** 2), mask)
 
 
 @register_agent("ppo")
@@ -93,7 +119,7 @@ class PPOAgent(Agent):
         policy, head = (self.policy.model, self.value_head)
         if train:  # an update's forward passes: through the DDP wrappers under a multi-process launch
             policy, head = self.wrapped(policy), self.wrapped(head)
-        lp, hidden = self.policy.token_logprobs(enc, policy, return_hidden=True)
+        lp, hidden = self.policy.token_logprobs(enc, policy, self.config.temperature, return_hidden=True)
         values = head(hidden[:, :-1].float()).squeeze(-1)
         return lp, values
 
@@ -102,11 +128,11 @@ class PPOAgent(Agent):
         eng = self.engine(env)
         before = dict(eng.stats)
         self.policy.model.eval()
-        states = eng.dialogues(c.batch_size, self.policy, self.rng)
+        states = eng.dialogues(c.batch_size, self.policy, self.rng, self.sampling)
         keep, errors = [], 0
         for i, s in enumerate(states):
             try:
-                self.policy.encode_dialogues([s.messages])
+                self.policy.chat.encode_dialogues([s.messages])
                 keep.append(i)
             except TemplateError:
                 errors += 1
@@ -118,17 +144,9 @@ class PPOAgent(Agent):
                  "mean_return": float(np.mean([s.scores[-1] for s in states])) if states else float("nan")}
         data = None
         if keep:
-            enc, _ = self.policy.encode_dialogues([states[i].messages for i in keep])
-            with torch.no_grad():
-                old, values = self._forward(enc)
-                ref = self.ref_policy.token_logprobs(enc)
-            mask = enc.turn_mask[:, 1:].float()
-            rewards = -c.kl_coef * (old - ref) * mask
-            last = mask.shape[1] - 1 - torch.argmax(mask.flip(1), dim=1)  # last assistant token of each dialogue
-            rewards[torch.arange(len(keep)), last] += torch.tensor(scores[finite], dtype=torch.float32)
-            adv = gae(rewards, values, mask, c.gamma, c.lam)
-            data = {"enc": enc, "old": old, "values": values, "returns": adv + values, "adv": adv, "mask": mask,
-                    "kl_sum": float(((old - ref) * mask).sum()), "kl": float(masked_mean(old - ref, mask))}
+            enc, _ = self.policy.chat.encode_dialogues([states[i].messages for i in keep])
+            data = self.advantages(enc, torch.tensor(scores[finite], dtype=torch.float32))
+            data["kl_sum"], data["kl"] = float(data["kl_sum"]), float(data["kl"])
         if self.dist.enabled:
             data, stats = self.gather_dialogues(data, stats, [s.scores[-1] for s in states])
         if data is None:
@@ -140,6 +158,19 @@ class PPOAgent(Agent):
         data = {"enc": enc, "old": old, "values": values, "returns": returns, "adv": adv, "mask": mask,
                 "kl": data["kl"]}
         return Batch(data, stats)
+
+    @torch.no_grad()
+    def advantages(self, enc: EncodedTurns, scores: torch.Tensor) -> dict:
+        """pi_t's token log-probabilities and values, the per-token rewards (judge score at the end, KL penalty to
+        pi_ref), GAE advantages and returns of dialogues ``enc`` that scored ``scores``; on the policy's device."""
+        c = self.config
+        old, values = self._forward(enc)
+        ref = self.ref_policy.token_logprobs(enc, temperature=c.temperature)
+        mask = enc.turn_mask[:, 1:].float().to(old.device)
+        rewards = kl_rewards(old, ref, mask, scores, c.kl_coef)
+        adv = gae(rewards, values, mask, c.gamma, c.lam)
+        return {"enc": enc, "old": old, "values": values, "returns": adv + values, "adv": adv, "mask": mask,
+                "kl_sum": ((old - ref) * mask).sum(), "kl": masked_mean(old - ref, mask)}
 
     def gather_dialogues(self, data: dict | None, stats: dict, scores: list) -> tuple[dict | None, dict]:
         """Every process's dialogues, in rank order, on every process (before whitening, which is global)."""
@@ -157,7 +188,7 @@ class PPOAgent(Agent):
         out["kl"] = sum(d["kl_sum"] for d in ds) / max(float(out["mask"].sum()), 1.0)
         return out, stats
 
-    def _minibatch_losses(self, d: dict, rows, tokens: float, has_share: bool):
+    def minibatch_losses(self, d: dict, rows, tokens: float, has_share: bool):
         """(loss, fraction of the share's tokens, info) of each micro-batch of ``rows``."""
         c = self.config
         for chunk in self.micro_batches(rows):
@@ -166,23 +197,21 @@ class PPOAgent(Agent):
             width = enc.input_ids.shape[1] - 1
             old, v_old, ret, adv, m = (d[k][idx_t][:, :width] for k in ("old", "values", "returns", "adv", "mask"))
             lp, v = self._forward(enc, train=True)
-            ratio = torch.exp(lp - old)
-            pg = masked_mean(torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - c.clip_range, 1 + c.clip_range)), m)
-            v_clip = v_old + (v - v_old).clamp(-c.clip_range_value, c.clip_range_value)
-            vf = 0.5 * masked_mean(torch.maximum((v - ret) ** 2, (v_clip - ret) ** 2), m)
+            pg, ratio = policy_loss(lp, old, adv, m, c.clip_range)
+            vf = value_loss(v, v_old, ret, m, c.clip_range_value)
             loss = pg + c.vf_coef * vf
             info = {"pg_loss": pg.detach(), "vf_loss": vf.detach(),
                     "clipfrac": masked_mean(((ratio - 1).abs() > c.clip_range).float(), m),
                     "approx_kl": masked_mean(old - lp.detach(), m)}
             if not has_share:  # nothing of this minibatch here: a zero that still joins the gradient average
                 loss = lp.sum() * 0.0 + v.sum() * 0.0
-            yield loss, (float(m.sum()) / tokens if tokens else 1.0), info
+            share = float(enc.turn_mask[:, 1:].sum())  # = m.sum(), counted on the host (no device sync)
+            yield loss, (share / tokens if tokens else 1.0), info
 
     def update(self, batch: Batch) -> dict[str, float]:
         n, d = len(batch), batch.data
         if n == 0:
             self.skipped["empty_batches"] += 1
-            self.iteration += 1
             return {"loss": float("nan"), "skipped_empty_batches": self.skipped["empty_batches"]}
         self.policy.model.train()
         logs = {"loss": [], "pg_loss": [], "vf_loss": [], "clipfrac": [], "approx_kl": []}
@@ -193,11 +222,10 @@ class PPOAgent(Agent):
             weight = 1.0  # the loss is a mean over tokens: a process's share weighs its tokens' fraction
             if self.dist.enabled:
                 weight = tokens / float(d["mask"][torch.as_tensor(idx)].sum()) if len(mine) else 0.0
-            out = self.accumulate_step(self._minibatch_losses(d, rows, tokens, bool(len(mine))), weight)
+            out = self.accumulate_step(self.minibatch_losses(d, rows, tokens, bool(len(mine))), weight)
             if out:
                 for k in logs:
                     logs[k].append(out[k])
         self.policy.model.eval()
-        self.iteration += 1
         return {**{k: float(np.mean(v)) if v else float("nan") for k, v in logs.items()}, "dialogues": n,
                 "kl_to_ref": d["kl"], "skipped_nonfinite_loss": self.skipped["nonfinite_loss"]}

@@ -1,9 +1,10 @@
-"""Configuration of training, evaluation and the comparison benchmark: dataclasses and presets.
+"""Configuration of training, evaluation and the comparison benchmark: dataclasses, files and overrides.
 
 One :class:`ExperimentConfig` drives ``refuel bench``, ``refuel train`` and ``refuel eval``. It can be
-built from a preset (:data:`PRESETS`: ``"quick"``, ``"default"``, ``"full"``), read from a JSON, TOML
-or YAML file (:func:`load_config`), and overridden field by field with dotted paths
-(:func:`apply_overrides`, ``--set eval.n_dialogues=128`` on the command line).
+built from a preset (:mod:`agents.harness.presets`), read from a JSON, TOML or YAML file
+(:func:`load_config`), and overridden field by field with dotted paths (:func:`apply_overrides`,
+``--set eval.n_dialogues=128`` on the command line). :mod:`agents.harness.build` turns it into the env,
+the policy, pi_0 and the agents.
 
     cfg = preset("quick")
     cfg = apply_overrides(cfg, {"iterations": 4, "agents": "refuel,ppo"})
@@ -18,6 +19,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .rows import DEFAULT_ROWS, STANDARD_ROWS, agent_spec
 
 
 @dataclass
@@ -52,14 +55,6 @@ class EnvConfig:
                 out[k] = int(getattr(self, k))
         return out
 
-    def make(self, num_envs: int = 1):
-        """The batched env (``gym.make_vec("RefuelDialogue-v0", ...)``); agents roll out through its core."""
-        import gymnasium as gym
-
-        import refuel_env  # noqa: F401  (registers the env)
-
-        return gym.make_vec("RefuelDialogue-v0", num_envs=num_envs, **self.kwargs())
-
 
 @dataclass
 class PolicyConfig:
@@ -89,51 +84,6 @@ class PolicyConfig:
     score_batch_size: int = 64
     """Rows per forward pass when the policy scores responses without gradients (log-probs at collection)."""
 
-    def reference_config(self, env: EnvConfig):
-        from .reference import ReferenceConfig
-
-        task = {k: env.task_kwargs[k] for k in ("n_items", "noise") if k in env.task_kwargs}
-        return ReferenceConfig(**{"max_turns": env.max_turns, **task, **self.reference})
-
-    def load(self, env: EnvConfig, name: str = "pi_0", log=print, lora: bool = True, seed: int = 0):
-        """A fresh, trainable copy of pi_0 (built and cached on first use); with LoRA adapters when
-        ``self.lora`` is set and ``lora`` is True (their random init drawn with ``seed``)."""
-        from .policy import Policy
-        from .reference import reference_policy
-
-        defaults = PolicyConfig()
-        opts = {k: getattr(self, k) for k in ("dtype", "device", "gradient_checkpointing", "generation_batch_size",
-                                              "score_batch_size") if getattr(self, k) != getattr(defaults, k)}
-        if lora and self.lora not in (None, False):
-            opts.update(lora=self.lora, lora_seed=seed)
-        if self.model:
-            from refuel_env.models import resolve_model
-
-            return Policy.from_pretrained(resolve_model(self.model), name=name, **opts)
-        if env.task != "guess-item-v0":
-            raise ValueError(f"the built-in pi_0 is for guess-item-v0; for task {env.task!r} set policy.model to a "
-                             "Hugging Face model directory (or \"smollm2\")")
-        policy = reference_policy(self.reference_config(env), cache=self.cache, log=log)
-        policy.name = name
-        policy.place(device=opts.get("device"), dtype=opts.get("dtype"))
-        policy.generation_batch_size, policy.score_batch_size = self.generation_batch_size, int(self.score_batch_size)
-        if self.gradient_checkpointing:
-            policy.enable_gradient_checkpointing()
-        if "lora" in opts:
-            policy.add_lora(self.lora, seed=seed)
-        return policy
-
-    def load_with_reference(self, env: EnvConfig, name: str = "policy", log=print, seed: int = 0):
-        """The policy to train and pi_0. With LoRA, pi_0 is the policy's own model with its adapters disabled
-        (one copy of the base weights); without, a separate frozen copy."""
-        policy = self.load(env, name=name, log=log, seed=seed)
-        if policy.is_lora:
-            return policy, policy.reference("pi_0")
-        ref = self.load(env, name="pi_0", log=log, lora=False)
-        ref.model.requires_grad_(False)
-        ref.model.eval()
-        return policy, ref
-
 
 @dataclass
 class EvalConfig:
@@ -154,41 +104,6 @@ class EvalConfig:
     """Example dialogues kept per agent."""
     bootstrap: int = 2000
     """Bootstrap resamples for the 95% confidence intervals."""
-
-
-@dataclass
-class AgentSpec:
-    """One row of the comparison: a label, a registered agent name, and its options."""
-
-    label: str
-    agent: str
-    options: dict = field(default_factory=dict)
-
-
-#: The paper's rows, by label. "pi_0" is the untrained reference itself.
-STANDARD_ROWS: dict[str, AgentSpec] = {
-    "pi_0": AgentSpec("pi_0", "pi_0"),
-    "refuel": AgentSpec("refuel", "refuel"),
-    "rebel": AgentSpec("rebel", "rebel", {"target": "last_turn", "rollin": "reference"}),
-    "dpo-offline": AgentSpec("dpo-offline", "dpo", {"online": False}),
-    "dpo-online": AgentSpec("dpo-online", "dpo", {"online": True}),
-    "ppo": AgentSpec("ppo", "ppo"),
-}
-ALIASES = {"dpo": "dpo-offline", "reference": "pi_0", "pi0": "pi_0"}
-DEFAULT_ROWS = ["pi_0", "refuel", "rebel", "dpo-offline", "dpo-online", "ppo"]
-
-
-def agent_spec(item: Any) -> AgentSpec:
-    """A row from a label ("refuel", "dpo-online", ...), any registered agent name, or a dict/AgentSpec."""
-    if isinstance(item, AgentSpec):
-        return item
-    if isinstance(item, dict):
-        return AgentSpec(label=item.get("label", item["agent"]), agent=item["agent"], options=dict(item.get("options", {})))
-    name = str(item).strip()
-    name = ALIASES.get(name, name)
-    if name in STANDARD_ROWS:
-        return copy.deepcopy(STANDARD_ROWS[name])
-    return AgentSpec(name, name)
 
 
 @dataclass
@@ -255,99 +170,6 @@ class ExperimentConfig:
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-# ---------------------------------------------------------------------------------------------- presets
-def _quick() -> ExperimentConfig:
-    # Sized by measurement on the 2-core CPU this was built on (see benchmarks/bench_memory.py): the library's
-    # default pi_0 (built and cached on first use, ~3 min) + 5 trained rows + evaluation in well under 10 min.
-    return ExperimentConfig(
-        preset="quick", seeds=[0], iterations=10, pairs_per_iteration=32,
-        eval=EvalConfig(n_dialogues=128, curve_every=2, curve_n_dialogues=64, examples=2, bootstrap=1000),
-        agent_options={"lr": 3e-4, "epochs": 2, "minibatch_size": 16, "max_new_tokens": 24, "temperature": 1.0},
-        threads=2)
-
-
-def _default() -> ExperimentConfig:
-    return ExperimentConfig(preset="default", seeds=[0, 1, 2], iterations=12, pairs_per_iteration=48,
-                            eval=EvalConfig(n_dialogues=128, curve_every=2, curve_n_dialogues=64))
-
-
-def _full() -> ExperimentConfig:
-    return ExperimentConfig(preset="full", seeds=[0, 1, 2, 3, 4], iterations=60, pairs_per_iteration=128,
-                            eval=EvalConfig(n_dialogues=512, curve_every=5, curve_n_dialogues=128, examples=5),
-                            agent_options={"lr": 1e-4, "epochs": 2, "minibatch_size": 32, "max_new_tokens": 24,
-                                           "temperature": 1.0})
-
-
-PAPER_POLICY = "meta-llama/Meta-Llama-3-8B-Instruct"
-PAPER_USER = "meta-llama/Meta-Llama-3.1-70B-Instruct"
-PAPER_JUDGE = "RLHFlow/ArmoRM-Llama3-8B-v0.1"
-PAPER_PAIRS_PER_ITERATION = 60000
-"""Pairs collected per iteration in the paper preset: the default ``total_episodes`` of the reference code's
-training script (``setting_one/refuel.py`` in ZhaolinGao/REFUEL); the paper's text does not fix it where we
-looked. Scale it with ``--pairs-per-iteration``."""
-USER_BASE_URL_ENV = ("REFUEL_USER_BASE_URL", "OPENAI_BASE_URL")
-"""Environment variables read (first set wins) for the base URL of the server of the paper preset's user
-simulator; default ``http://127.0.0.1:8000/v1`` (``vllm serve`` on this machine)."""
-
-
-def _paper(prompts: str = "ultrainteract") -> ExperimentConfig:
-    """The REFUEL paper's setting (arXiv 2410.04612, setting one), on a prompt set (``"ultrainteract"``, ``"hh"``).
-
-    Policy Llama-3-8B-Instruct, full fine-tuning in bf16; user simulator Llama-3.1-70B-Instruct with the
-    paper's prompt, served by vLLM or any OpenAI-compatible server (``vllm serve
-    meta-llama/Meta-Llama-3.1-70B-Instruct --tensor-parallel-size 4``; base URL from ``$REFUEL_USER_BASE_URL``
-    or ``$OPENAI_BASE_URL``, API key from ``$OPENAI_API_KEY``); judge ArmoRM (its custom code needs the
-    explicit ``trust_remote_code=True`` set here); H ~ U{1..5}; sampling temperature 0.8, responses up to
-    1024 tokens (both sides); REFUEL with eta = 1 (the reference code's default), lr 3e-7, a gradient step
-    per 128 pairs (the paper's batch size), one pass over each iteration's pairs, two iterations.
-
-    Its optimiser: AdamW with betas (0.9, 0.95) and weight decay 1e-6, a cosine schedule with 10% warm-up
-    within each iteration, and micro-batches of one pair with gradient accumulation (the reference code:
-    1 pair per device x 32 accumulation steps x 4 GPUs = 128). Not reproduced: its DeepSpeed training with
-    fp32 master weights (our multi-process training is plain DDP; parameter sharding is refused);
-    ``refuel train --dry-run`` says what that means for memory. The length filter of the prompts counts 4 characters per token (the paper:
-    Llama-3's tokenizer).
-    """
-    import os
-
-    from refuel_env.tasks.open_chat import PAPER_TASK_KWARGS
-
-    base_url = next((os.environ[k] for k in USER_BASE_URL_ENV if os.environ.get(k)), "http://127.0.0.1:8000/v1")
-    task_kwargs = {k: v for k, v in PAPER_TASK_KWARGS.items() if k != "max_turns"}  # env.max_turns says it
-    task_kwargs.update(prompts=prompts, backend="openai", user_model=PAPER_USER, reward_model=PAPER_JUDGE,
-                       judge="reward-model", trust_remote_code=True,
-                       user_params={"max_new_tokens": 1024, "temperature": 0.8},
-                       backend_kwargs={"base_url": base_url, "api_key_env": "OPENAI_API_KEY", "timeout": 600.0,
-                                       "concurrency": 32})
-    env = EnvConfig(task="open-chat-v0", task_kwargs=task_kwargs, max_turns=5, horizon="uniform", user="llm",
-                    judge="rule", user_kwargs={"format": "paper"},
-                    judge_kwargs={"device": "cuda", "batch_size": 8, "max_length": 4096},
-                    max_message_chars=8192, max_total_chars=65536)
-    policy = PolicyConfig(model=PAPER_POLICY, dtype="bfloat16", device="cuda", gradient_checkpointing=True,
-                          generation_batch_size=16, score_batch_size=2)
-    return ExperimentConfig(
-        preset=f"paper-{prompts}", env=env, policy=policy, agents=["refuel"], seeds=[0], iterations=2,
-        pairs_per_iteration=PAPER_PAIRS_PER_ITERATION,
-        eval=EvalConfig(n_dialogues=500, seed=1234, temperature=None, curve_every=1, curve_n_dialogues=128,
-                        examples=5, bootstrap=2000),
-        agent_options={"lr": 3e-7, "epochs": 1, "minibatch_size": 128, "micro_batch_size": 1, "max_new_tokens": 1024,
-                       "temperature": 0.8, "eta": 1.0, "weight_decay": 1e-6, "lr_schedule": "cosine",
-                       "warmup_ratio": 0.1, "adam_betas": [0.9, 0.95]},
-        checkpoint_every=1)
-
-
-PRESETS = {"quick": _quick, "default": _default, "full": _full,
-           "paper-ultrainteract": lambda: _paper("ultrainteract"), "paper-hh": lambda: _paper("hh")}
-
-
-def preset(name: str) -> ExperimentConfig:
-    try:
-        return PRESETS[name]()
-    except KeyError:
-        raise KeyError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}") from None
-
-
-# ---------------------------------------------------------------------------------------------- files
 def read_config_file(path: str | Path) -> dict:
     """A config file as a dict: ``.json``, ``.toml`` (tomllib; tomli on Python 3.10) or ``.yaml``/``.yml``
     (PyYAML, installed with transformers)."""
@@ -397,6 +219,8 @@ def from_dict(d: dict, base: ExperimentConfig | None = None) -> ExperimentConfig
     """An ExperimentConfig from a (partial) dict on top of ``base`` (or of a preset named by d["preset"])."""
     d = dict(d)
     if base is None:
+        from .presets import preset
+
         base = preset(d["preset"]) if d.get("preset") else ExperimentConfig()
     _check_keys(d, ExperimentConfig)
     b = base.to_dict()
@@ -428,23 +252,3 @@ def apply_overrides(cfg: ExperimentConfig, overrides: dict) -> ExperimentConfig:
             node = node.setdefault(p, {})
         node[parts[-1]] = value
     return from_dict(d, cfg)
-
-
-def agent_kwargs(cfg: ExperimentConfig, spec: AgentSpec, seed: int) -> dict:
-    """The options one row's agent is built with: the common ones its config knows, the matched batch size,
-    the row's own options, and the seed."""
-    from . import dpo, ppo, rebel, refuel  # noqa: F401  (register the built-in agents)
-    from .base import AGENTS
-    from .pairs import PairAgent
-
-    cls = AGENTS.get(spec.agent)
-    config_cls = getattr(cls, "Config", None)
-    known = {f.name for f in dataclasses.fields(config_cls)} if config_cls and dataclasses.is_dataclass(config_cls) else None
-    common = dict(cfg.agent_options)
-    # pair agents count pairs (two dialogues each); agents that sample whole dialogues count dialogues
-    per_pair = isinstance(cls, type) and issubclass(cls, PairAgent)
-    common["batch_size"] = cfg.pairs_per_iteration if per_pair else cfg.ppo_dialogues
-    common["seed"] = seed
-    out = {k: v for k, v in common.items() if known is None or k in known}
-    out.update(spec.options)
-    return out

@@ -29,8 +29,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .config import AgentSpec, ExperimentConfig, agent_kwargs
+from .build import agent_kwargs, build_agent, load_reference, make_env, reference_config, sampling
+from .config import ExperimentConfig
 from .evaluate import EvalResult, Evaluator, hierarchical_bootstrap_ci
+from .rows import AgentSpec
 from .trainer import quiet_hf, train
 
 REFERENCE_AGENT = "pi_0"
@@ -95,21 +97,18 @@ class Bench:
                 self.log(f"[bench] {old} was written under another configuration; units that ran under it "
                          "are run again")
         _atomic_json(old, {"fingerprint": self.fingerprint, "config": cfg.to_dict()})
-        self.env = cfg.env.make()
+        self.env = make_env(cfg.env)
         t0 = time.perf_counter()
         with quiet_hf():
-            ref = cfg.policy.load(cfg.env, name=REFERENCE_AGENT, log=lambda m: self.log(m))
+            self.reference = load_reference(cfg.policy, cfg.env, log=lambda m: self.log(m))
         self.reference_info["load_seconds"] = time.perf_counter() - t0  # includes building pi_0 the first time
         if cfg.policy.model is None:
-            self.reference_info["reference_config"] = dict(vars(cfg.policy.reference_config(cfg.env)))
-        ref.model.requires_grad_(False)
-        ref.model.eval()
-        ref.temperature = float(cfg.agent_options.get("temperature", ref.temperature))
-        ref.max_new_tokens = int(cfg.agent_options.get("max_new_tokens", ref.max_new_tokens))
-        self.reference = ref
-        e = cfg.eval
-        self.evaluator = Evaluator(self.env, ref, e.n_dialogues, e.seed, e.temperature, e.examples, e.bootstrap)
-        self.curve_evaluator = Evaluator(self.env, ref, e.curve_n_dialogues, e.seed + 1, e.temperature, 0, 200)
+            self.reference_info["reference_config"] = dict(vars(reference_config(cfg.policy, cfg.env)))
+        e, params = cfg.eval, sampling(cfg)
+        self.evaluator = Evaluator(self.env, self.reference, e.n_dialogues, e.seed, params, e.temperature, e.examples,
+                                   e.bootstrap)
+        self.curve_evaluator = Evaluator(self.env, self.reference, e.curve_n_dialogues, e.seed + 1, params,
+                                         e.temperature, 0, 200)
 
     # ---------------------------------------------------------------------------------------- units
     def unit_path(self, label: str, seed: int) -> Path:
@@ -136,18 +135,15 @@ class Bench:
             if spec.agent == REFERENCE_AGENT:
                 rec.update(kwargs={}, budget={"iterations": 0, "dialogues": 0, "tokens_generated": 0, "examples": 0,
                                               "wall_seconds": 0.0}, curve=[], resumed_from=0, iterations_run=0)
-                policy = self.reference
+                policy, params = self.reference, None
             else:
-                from .base import make_agent
-
-                kwargs = agent_kwargs(cfg, spec, seed)
-                rec["kwargs"] = kwargs
+                rec["kwargs"] = agent_kwargs(cfg, spec, seed)
                 with quiet_hf():
-                    policy = cfg.policy.load(cfg.env, name=spec.label, log=lambda m: None)
-                agent = make_agent(spec.agent, policy=policy, ref_policy=self.reference, **kwargs)
+                    agent = build_agent(cfg, spec, seed, reference=self.reference, log=lambda m: None)
                 curve_every = cfg.eval.curve_every if cfg.eval.curve_every and cfg.eval.curve_n_dialogues else 0
                 tr = train(agent, self.env, cfg.iterations, eval_every=curve_every, out=run_dir,
-                           eval_fn=lambda ag: self.curve_evaluator(ag.policy), checkpoint_every=cfg.checkpoint_every,
+                           eval_fn=lambda ag: self.curve_evaluator(ag.policy, ag.sampling),
+                           checkpoint_every=cfg.checkpoint_every,
                            resume=True, progress=self.progress, desc=name, log=self.log)
                 keys = ("iteration", "dialogues", "tokens_generated", "examples", "wall_seconds", "loss",
                         "batch/mean_return", "eval/score", "eval/win_rate")
@@ -156,10 +152,10 @@ class Bench:
                            skipped=dict(getattr(agent, "skipped", {}) or {}),
                            history=[{k: v for k, v in r.items() if isinstance(v, (int, float)) or v is None}
                                     for r in tr.history])
-                policy = agent.policy
+                policy, params = agent.policy, agent.sampling
                 self.trained_units.append(name)
             t1 = time.perf_counter()
-            ev = self.evaluator(policy)
+            ev = self.evaluator(policy, params)
             rec.update(status="ok", eval=ev.to_dict(), eval_seconds=time.perf_counter() - t1,
                        unit_seconds=time.perf_counter() - t0)
         except Exception as e:  # a crashing agent is a failed row, not a failed benchmark

@@ -10,7 +10,8 @@ turn for all dialogues in flight. It can
 - branch K responses at turn h (deep copies of the state: same hidden goal, same user random state),
 - continue each branch to the horizon with a chosen speaker, the judge scoring at the end.
 
-A *speaker* is a :class:`~agents.policy.Policy` or any object with ``act(conversations) -> list[str]``.
+A *speaker* is a :class:`~agents.engine.policy.Policy` (sampled with the :class:`~refuel_env.SamplingParams`
+passed to each call) or any object with ``act(conversations) -> list[str]``.
 
 Under a multi-process launch (``dist``, see :mod:`agents.distributed`) an engine rolls out its process's
 contiguous block of the n dialogues asked for: every process draws the same numbers from ``rng``, and row j
@@ -29,7 +30,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from refuel_env.core import machine_of
-from refuel_env.types import DialogueState
+from refuel_env.types import DialogueState, SamplingParams
 
 from .distributed import SINGLE, Distributed
 from .policy import Policy
@@ -47,6 +48,20 @@ class PairData:
     finals: list = field(default_factory=list)  # the two final states of each pair (for inspection/export)
 
 
+def draw_pair_turns(rng: np.random.Generator, n: int, hmax: int, last_turn: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The horizons H ~ U{1..H_max} and branching turns h ~ U{1..H} (h = H for last-turn targets) of n pairs:
+    the reference code's order (H first, then h <= H). :func:`pair_turn_probabilities` is their law."""
+    horizons = rng.integers(1, hmax + 1, size=n)
+    turns = horizons.copy() if last_turn else np.array([rng.integers(1, H + 1) for H in horizons])
+    return horizons, turns
+
+
+def pair_turn_probabilities(hmax: int, last_turn: bool) -> list[tuple[int, int, float]]:
+    """(H, h, P(H, h)) of :func:`draw_pair_turns` (for plans and expected budgets)."""
+    return [(H, h, 1.0 / hmax / (1 if last_turn else H)) for H in range(1, hmax + 1)
+            for h in ([H] if last_turn else range(1, H + 1))]
+
+
 class RolloutEngine:
     def __init__(self, env: Any, dist: Distributed | None = None):
         self.machine = machine_of(env)
@@ -55,12 +70,13 @@ class RolloutEngine:
                       "env_seconds": 0.0, "env_steps": 0}
 
     # ------------------------------------------------------------------ speakers
-    def speak(self, speaker: Any, states: Sequence[DialogueState], seed: int) -> list[str]:
+    def speak(self, speaker: Any, states: Sequence[DialogueState], seed: int, params: SamplingParams) -> list[str]:
         convs = [s.messages for s in states]
         t0 = time.perf_counter()
         if isinstance(speaker, Policy):
-            out = speaker.generate(convs, seed=seed)
-            self.stats["tokens_generated"] += speaker.last_generated_tokens
+            gen = speaker.generate(convs, params, seed=seed)
+            out = gen.texts
+            self.stats["tokens_generated"] += gen.tokens
         elif hasattr(speaker, "act"):
             out = speaker.act(convs)
         else:
@@ -77,11 +93,10 @@ class RolloutEngine:
         seeds = [int(rng.integers(2**62)) for _ in range(n)]
         lo, hi = self.dist.block(n)
         self.stats["dialogues"] += hi - lo
-        return [self.machine.new_state(seeds[i], {"split": split,
-                                               **({"horizon": int(horizons[i])} if horizons is not None else {})})
-                for i in range(lo, hi)]
+        per = None if horizons is None else [{"horizon": int(horizons[i])} for i in range(lo, hi)]
+        return self.machine.new_states(seeds[lo:hi], {"split": split}, per_dialogue=per)
 
-    def advance(self, states: Sequence[DialogueState], speaker: Any, rng: np.random.Generator,
+    def advance(self, states: Sequence[DialogueState], speaker: Any, rng: np.random.Generator, params: SamplingParams,
                 until: Sequence[int] | None = None, on_turn: Callable | None = None) -> None:
         """Step every dialogue until it is done or has taken ``until[i]`` assistant turns."""
         stop = [s.horizon if until is None else min(int(until[i]), s.horizon) for i, s in enumerate(states)]
@@ -93,7 +108,7 @@ class RolloutEngine:
             seed = int(rng.integers(2**31))
             if not live:
                 continue
-            acts = self.speak(speaker, [states[i] for i in live], seed + before)
+            acts = self.speak(speaker, [states[i] for i in live], seed + before, params)
             t0 = time.perf_counter()
             self.machine.step([states[i] for i in live], acts)
             self.stats["env_seconds"] += time.perf_counter() - t0
@@ -108,41 +123,39 @@ class RolloutEngine:
         self.stats["env_steps"] += 1
 
     # ------------------------------------------------------------------ pairs
-    def pairs(self, n: int, rng: np.random.Generator, rollin: Any, responder: Any, continuation: Any | None,
-              last_turn: bool, split: str = "train") -> tuple[PairData, dict]:
+    def pairs(self, n: int, rng: np.random.Generator, rollin: Any, responder: Any, last_turn: bool,
+              params: SamplingParams, split: str = "train") -> tuple[PairData, dict]:
         """Sample H ~ U{1..H_max}, h ~ U{1..H} (h = H when ``last_turn``), roll in to s_h with ``rollin``,
-        draw two responses from ``responder``, and continue each branch to H with ``continuation``.
+        draw two responses from ``responder``, and continue each branch to H with ``responder``.
 
         Returns the pairs and counts of what was dropped (dialogues that ended before turn h).
         """
-        hmax = self.machine.max_turns
-        horizons = rng.integers(1, hmax + 1, size=n)
-        turns = horizons.copy() if last_turn else np.array([rng.integers(1, H + 1) for H in horizons])
+        horizons, turns = draw_pair_turns(rng, n, self.machine.max_turns, last_turn)
         states = self.new_states(n, rng, split, horizons)
         lo, hi = self.dist.block(n)
         horizons, turns = horizons[lo:hi], turns[lo:hi]
-        self.advance(states, rollin, rng, until=turns - 1)
+        self.advance(states, rollin, rng, params, until=turns - 1)
         ok = [i for i, s in enumerate(states) if not s.done and s.turn == turns[i] - 1]
         dropped = {"ended_before_branch": len(states) - len(ok)}
         roots = [states[i] for i in ok]
-        branches = [s.copy() for s in roots for _ in range(2)]
+        branches = [b for s in roots for b in self.machine.branch(s, 2)]
         before, total = self.dist.offset(len(branches))
         if not total:
             return PairData([], [], np.zeros((0, 2)), np.zeros(0, int), np.zeros(0, int)), dropped
         seed = int(rng.integers(2**31))
-        first = self.speak(responder, branches, seed + before) if branches else []
+        first = self.speak(responder, branches, seed + before, params) if branches else []
         if branches:
             self.step_with(branches, first)
         self.stats["dialogues"] += len(roots)  # each pair adds one more dialogue (the second branch)
         if not last_turn:
-            self.advance(branches, continuation or responder, rng)
+            self.advance(branches, responder, rng, params)
         q = np.array([s.scores[-1] for s in branches], dtype=float).reshape(-1, 2)
         return PairData(contexts=[r.messages for r in roots], responses=list(zip(first[0::2], first[1::2])),
                         returns=q, turns=turns[ok], horizons=horizons[ok],
                         finals=list(zip(branches[0::2], branches[1::2]))), dropped
 
     # ------------------------------------------------------------------ whole dialogues
-    def dialogues(self, n: int, speaker: Any, rng: np.random.Generator, split: str = "train",
+    def dialogues(self, n: int, speaker: Any, rng: np.random.Generator, params: SamplingParams, split: str = "train",
                   horizons: Sequence[int] | None = None, snapshots: bool = False):
         """Roll out n whole dialogues. With ``snapshots``, also the state after every turn: snaps[i][h-1]."""
         states = self.new_states(n, rng, split, horizons)
@@ -153,9 +166,6 @@ class RolloutEngine:
             for s in live:
                 snaps[index[id(s)]].append(s.copy())
 
-        self.advance(states, speaker, rng, on_turn=record if snapshots else None)
+        self.advance(states, speaker, rng, params, on_turn=record if snapshots else None)
         return (states, snaps) if snapshots else states
 
-
-def as_rng(seed: int | np.random.Generator) -> np.random.Generator:
-    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
