@@ -79,9 +79,10 @@ class _Retryable(Exception):
 def excerpt(raw: bytes | str, secret: str | None = None, limit: int = EXCERPT_CHARS) -> str:
     """A short, one-line quote of a server's text, with ``secret`` and any ``Bearer`` token masked."""
     text = raw.decode("utf-8", "replace") if isinstance(raw, (bytes, bytearray)) else str(raw)
+    text = _BEARER.sub(r"\1<redacted>", text)
     if secret:
         text = text.replace(secret, "<API key>")
-    text = " ".join(_BEARER.sub(r"\1<redacted>", text).split())
+    text = " ".join(text.split())
     return text if len(text) <= limit else text[:limit] + " [...]"
 
 
