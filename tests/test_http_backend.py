@@ -364,7 +364,9 @@ def test_llama_cpp_server(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf_path()),
                              "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "1",
                              "--model_alias", "smollm2", "--verbose", "False"],
-                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            stdout=log, stderr=subprocess.STDOUT,
+                            # batches of one token: llama.cpp 0.3.36's batched decode segfaulted on this CPU (AVX-512)
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "N_BATCH": "1", "N_UBATCH": "1"})
     try:
         url = f"http://127.0.0.1:{port}/v1"
         deadline = time.time() + 120
