@@ -13,10 +13,11 @@ Paths, run interleaved (round r runs every path once, in turn), timed as process
 
 Workloads (each path runs the same calls; tokens/s = completion tokens / CPU seconds):
 
-- ``pi0-64x24``: the built-in pi_0, 64 conversations from its own rollouts, 24 new tokens per row
-  (end of turn disabled, so every row writes 24 tokens);
+- ``pi0-64x24``: the built-in pi_0, 64 different conversations from its own rollouts, 24 new tokens per
+  row (end of turn disabled, so every row writes 24 tokens);
 - ``pi0-real``: the generate calls of pi_0's own rollouts, replayed as recorded (REFUEL pairs with
-  continuation and whole dialogues: 1 to 64 rows per call, responses of about 6 tokens, up to 32);
+  continuation and whole dialogues: 1 to 64 rows per call, responses of about 6 tokens, up to 32; about
+  half the rows repeat a conversation of the same call, e.g. REFUEL's two responses from one state);
 - ``smollm2``: SmolLM2-135M-Instruct on built-in chat prompts, batch 4 x 16 new tokens (end of turn kept).
 
 pi_0 is built on first use and cached under $REFUEL_ENV_CACHE (several minutes).
@@ -173,19 +174,25 @@ def main() -> None:
         calls = pi0_calls(policy)
         n_params = sum(p.numel() for p in model.parameters()) / 1e6
         if "pi0-64x24" in args.workloads:
-            rows = [(c, s) for convs, _, seeds in calls for c, s in zip(convs, seeds)]
+            distinct = {}  # 64 different conversations: no prompt is shared, the sampler's worst case
+            for convs, _, seeds in calls:
+                for c, s in zip(convs, seeds):
+                    distinct.setdefault(str(c), (c, s))
+            rows = list(distinct.values())
             pick = np.random.default_rng(0).choice(len(rows), 64, replace=False)
             convs, seeds = [rows[i][0] for i in pick], [rows[i][1] for i in pick]
             paths = make_paths(model, tok, stop_token_ids=[tok.pad_token_id])  # no end of turn: 24 tokens per row
             tot = measure(paths, [(convs, SamplingParams(max_new_tokens=24, temperature=1.0), seeds)], args.rounds)
-            report(f"pi0-64x24: pi_0 ({n_params:.2f}M parameters), batch 64 x 24 new tokens, temperature 1, "
+            report(f"pi0-64x24: pi_0 ({n_params:.2f}M parameters), batch 64 (distinct) x 24 new tokens, temperature 1, "
                    f"{args.rounds} rounds", tot)
         if "pi0-real" in args.workloads:
             sizes = [len(c[0]) for c in calls]
             paths = make_paths(model, tok)
             tot = measure(paths, calls, args.rounds)
-            report(f"pi0-real: pi_0's rollout calls replayed ({len(calls)} calls, {sum(sizes)} rows, batch "
-                   f"{min(sizes)}-{max(sizes)}, max_new_tokens {calls[0][1].max_new_tokens}), {args.rounds} rounds", tot)
+            unique = sum(len({str(c) for c in convs}) for convs, _, _ in calls)
+            report(f"pi0-real: pi_0's rollout calls replayed ({len(calls)} calls, {sum(sizes)} rows of which {unique} "
+                   f"distinct within their call, batch {min(sizes)}-{max(sizes)}, max_new_tokens "
+                   f"{calls[0][1].max_new_tokens}), {args.rounds} rounds", tot)
     if "smollm2" in args.workloads:
         model, tok, calls = smollm2_calls(args.smollm2_batch, args.smollm2_tokens)
         tot = measure(make_paths(model, tok), calls, args.smollm2_rounds)
