@@ -7,7 +7,7 @@ import torch
 
 from refuel_env import SamplingParams
 from refuel_env.backends import BackendError, TransformersBackend
-from refuel_env.backends.decoding import prefill_groups
+from refuel_env.backends.decoding import BufferLayer, prefill_groups
 from refuel_env.backends.sampling import sample_tokens, uniforms
 from refuel_env.models import tiny_chat_model
 
@@ -156,6 +156,29 @@ def test_prefill_groups_minimise_padding_plus_a_cost_per_group():
             cuts = [0] + [k + 1 for k in range(5) if mask >> k & 1] + [6]
             splits.append(list(zip(cuts[:-1], cuts[1:])))
         assert cost(prefill_groups(lengths, c), c) == min(cost(s, c) for s in splits)
+
+
+def test_buffer_layer_prefills_groups_right_aligned_then_grows_in_place():
+    layer = BufferLayer(batch=3, capacity=7)
+    k = torch.arange(3 * 2 * 4 * 1, dtype=torch.float32).reshape(3, 2, 4, 1)
+    layer.lazy_initialization(k, k)
+    layer.keys.fill_(float("nan")), layer.values.fill_(float("nan"))  # what uninitialised memory may hold
+    layer.target = (0, 2, 4)  # rows 0-1, a group 2 tokens wide, right-aligned at position 4
+    out, _ = layer.update(k[:2, :, :2], k[:2, :, :2])
+    assert torch.equal(out, k[:2, :, :2]) and layer.get_seq_length() == 0
+    layer.target = (2, 3, 4)
+    layer.update(k[2:, :, :4], k[2:, :, :4])
+    layer.filled(4)
+    assert torch.equal(layer.keys[:2, :, 2:4], k[:2, :, :2]) and torch.equal(layer.keys[2, :, :4], k[2, :, :4])
+    assert torch.all(layer.keys[:, :, :4] == layer.keys[:, :, :4].nan_to_num(1e9))  # left of a prompt: zeros, no NaN
+    assert torch.all(layer.keys[:2, :, :2] == 0) and layer.get_mask_sizes(1) == (5, 0)
+    keys, values = layer.update(k[:, :, :1], k[:, :, :1] + 1)
+    assert keys.shape == (3, 2, 5, 1) and torch.equal(keys[:, :, 4], k[:, :, 0]) and torch.equal(values[:, :, 4], k[:, :, 0] + 1)
+    layer.batch_select_indices(torch.tensor([2, 2, 0]))
+    assert layer.batch == 3 and torch.equal(layer.keys[0, :, :5], layer.keys[1, :, :5])
+    layer.update(k[:, :, :2], k[:, :, :2])
+    with pytest.raises(RuntimeError, match="full"):
+        layer.update(k[:, :, :1], k[:, :, :1])
 
 
 # ---------------------------------------------------------------------------------------- stopping

@@ -64,9 +64,11 @@ class BufferLayer(CacheLayerMixin if CacheLayerMixin is not None else object):
         self.target: tuple[int, int, int] | None = None
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        # not zeroed: a prefill zeroes the positions left of its rows' prompts (masked, but read by attention, where
+        # 0 * NaN would be NaN), and every later position is written before it is read
         shape = (self.batch, key_states.shape[1], self.capacity)
-        self.keys = key_states.new_zeros(*shape, key_states.shape[-1])
-        self.values = value_states.new_zeros(*shape, value_states.shape[-1])
+        self.keys = key_states.new_empty(*shape, key_states.shape[-1])
+        self.values = value_states.new_empty(*shape, value_states.shape[-1])
         self.device, self.is_initialized = key_states.device, True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
@@ -77,6 +79,8 @@ class BufferLayer(CacheLayerMixin if CacheLayerMixin is not None else object):
             start, stop, end = self.target
             self.keys[start:stop, :, end - n:end] = key_states
             self.values[start:stop, :, end - n:end] = value_states
+            self.keys[start:stop, :, :end - n] = 0
+            self.values[start:stop, :, :end - n] = 0
             return key_states, value_states
         if self.length + n > self.capacity:
             raise RuntimeError(f"BufferLayer is full ({self.capacity} positions); size it for prompt + new tokens")
