@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from refuel_env import BACKENDS, SamplingParams
-from refuel_env.backends import BackendError, TransformersBackend
-from refuel_env.backends.transformers_backend import _RowSampler
+from refuel_env.backends import TransformersBackend
 from refuel_env.models import CHATML_TEMPLATE, SMOLLM2_ID, cache_dir, tiny_chat_model, train_chat_tokenizer
 
 torch.set_num_threads(1)
@@ -93,25 +92,6 @@ def test_greedy_matches_transformers_greedy_and_ignores_seeds(tiny):
     ref = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=8,
                          eos_token_id=b.stop_token_ids, pad_token_id=b.pad_token_id)[0, ids.shape[1]:].tolist()
     assert ours.token_ids == again.token_ids == ref[: len(ours.token_ids)]
-
-
-def test_row_sampler_samples_softmax_with_temperature_and_top_p():
-    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    n = 4000
-    picks = np.array([int(_RowSampler([s], 1.0, 1.0)(None, logits.clone()).argmax()) for s in range(n)])
-    freq = np.bincount(picks, minlength=4) / n
-    assert np.allclose(freq, [0.5, 0.3, 0.15, 0.05], atol=0.03)
-    # temperature 0.5 squares and renormalises the probabilities
-    picks = np.array([int(_RowSampler([s], 0.5, 1.0)(None, logits.clone()).argmax()) for s in range(n)])
-    want = np.array([0.5, 0.3, 0.15, 0.05]) ** 2
-    assert np.allclose(np.bincount(picks, minlength=4) / n, want / want.sum(), atol=0.03)
-    # top_p = 0.7 keeps the two most likely tokens (0.5 + 0.3 >= 0.7)
-    picks = np.array([int(_RowSampler([s], 1.0, 0.7)(None, logits.clone()).argmax()) for s in range(1000)])
-    assert set(picks) == {0, 1} and abs(np.mean(picks == 0) - 0.5 / 0.8) < 0.05
-    out = _RowSampler([0], 1.0, 1.0)(None, logits.clone())
-    assert torch.isinf(out).sum() == 3 and out.max() == 0
-    with pytest.raises(BackendError, match="NaN"):
-        _RowSampler([0], 1.0, 1.0)(None, torch.full((1, 4), float("nan")))
 
 
 def test_stops_at_end_of_turn_and_strips_it(taught):

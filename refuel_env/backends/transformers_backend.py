@@ -1,15 +1,20 @@
 """``transformers`` back end: any causal LM with a chat template, on a CPU or a GPU.
 
-One batched ``model.generate`` call serves the whole batch (or one per ``batch_size`` chunk).
-Prompts are rendered with the tokenizer's chat template (``add_generation_prompt=True``) and
-padded on the left.
+Prompts are rendered with the tokenizer's chat template (``add_generation_prompt=True``); the token
+ids of recent conversations are kept in an LRU (``prompt_cache_size``), so that a conversation asked
+again (two responses from one state, a roll-in prefix replayed) is not rendered and tokenised again,
+and the others are tokenised in one batched call.
 
-Seeded sampling, row by row: a logits processor draws each row's next token itself, with one
-``torch.Generator`` per row seeded from that row's seed, and hands ``generate`` logits that are
-``-inf`` everywhere except at the chosen token; ``generate`` runs greedy (``do_sample=False``) and so
-takes exactly that token. A row's sample therefore depends on its own seed and logits only, not on
-which other rows share the batch (up to the float differences that padding can cause).
-``temperature == 0`` is greedy decoding.
+Generation (``decoder="loop"``, the default): :class:`~refuel_env.backends.decoding.KVDecoder`, a
+KV-cached sampling loop that prefills the prompts in length groups into one in-place cache and drops
+finished rows from the batch. ``decoder="generate"``: ``transformers``' own ``generate`` (slower; for
+models whose forward takes no cache argument, which get it automatically). Both sample the same tokens.
+
+Seeded sampling, row by row (:mod:`~refuel_env.backends.sampling`): row i's token at step t is drawn
+by inverse-CDF sampling with one uniform number that is a function of (seeds[i], t) only, so a row's
+sample depends on its own seed and logits only, not on which other rows share the batch (up to the
+float differences that padding can cause). ``temperature == 0`` is greedy decoding; ``top_p`` < 1 is
+nucleus sampling.
 
 Generation stops at the end-of-turn token (the tokenizer's EOS, the model's generation-config EOS
 ids, and ``<|im_end|>`` / ``<|eot_id|>`` / ``<|end|>`` where the vocabulary has them), which is
@@ -22,7 +27,9 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import time
+from collections import OrderedDict
 from typing import Any, Sequence
 
 import numpy as np
@@ -30,6 +37,7 @@ import numpy as np
 from ..registry import BACKENDS
 from ..types import Conversation, SamplingParams
 from .base import BackendBase, BackendError, Generation, check_conversations, cut_at_stop, first_token_ids
+from .sampling import sample_tokens, uniforms
 
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
 
@@ -37,67 +45,37 @@ NO_TEMPLATE = ("the tokenizer has no chat template. Set one before building the 
                "`tokenizer.chat_template = refuel_env.models.CHATML_TEMPLATE` (ChatML), or load an instruct "
                "model whose tokenizer ships a template")
 
+DECODERS = ("loop", "generate")
 
-class _RowSampler:
-    """Logits processor that samples every row's next token with that row's own generator.
 
-    Returns logits that are ``-inf`` except at the chosen token, for ``generate(do_sample=False)``.
-    """
+class _SeededSampler:
+    """Logits processor for ``generate(do_sample=False)``: picks each row's token with the same seeded
+    sampler as the loop, and returns logits that are ``-inf`` except at the chosen token."""
 
-    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float):
-        import torch
-
-        self.temperature, self.top_p = float(temperature), float(top_p)
-        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    def __init__(self, pick, width: int):
+        self.pick, self.width = pick, width
 
     def __call__(self, input_ids, scores):
         import torch
 
-        bad = ~torch.isfinite(scores).any(dim=-1) | torch.isnan(scores).any(dim=-1)
-        if bool(bad.any()):
-            rows = torch.nonzero(bad).flatten().tolist()
-            raise BackendError(f"the model produced NaN or all -inf logits for rows {rows}; check the model's "
-                               "weights and dtype (float16 on a CPU can overflow: use float32 or bfloat16)")
-        if self.temperature == 0:
-            choice = scores.argmax(dim=-1)
-        else:
-            dtype = torch.float32 if scores.device.type == "mps" else torch.float64
-            probs = torch.softmax(scores.to(dtype) / self.temperature, dim=-1)
-            if self.top_p < 1.0:
-                probs, order = probs.sort(dim=-1, descending=True, stable=True)
-                probs = probs * ((probs.cumsum(dim=-1) - probs) < self.top_p)
-            else:
-                order = None
-            cum = probs.cumsum(dim=-1)
-            u = torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in self.generators])
-            u = u.to(device=cum.device, dtype=cum.dtype) * cum[:, -1]
-            pos = torch.searchsorted(cum, u[:, None], right=True).clamp_(max=cum.shape[-1] - 1)
-            choice = (order.gather(-1, pos) if order is not None else pos).squeeze(-1)
+        rows = torch.arange(scores.shape[0], device=scores.device)
+        choice = self.pick(scores, rows, input_ids.shape[1] - self.width)
         out = torch.full_like(scores, float("-inf"))
         out.scatter_(-1, choice[:, None], 0.0)
         return out
 
 
 class _StopStrings:
-    """Stopping criterion: a row is done as soon as its generated text contains a stop string."""
+    """Stopping criterion for ``generate``: a row is done as soon as ``done(row, new tokens)`` says so."""
 
-    def __init__(self, tokenizer, stop: Sequence[str], prompt_len: int, batch: int):
-        self.tokenizer, self.stop, self.prompt_len = tokenizer, tuple(stop), prompt_len
-        self.stopped_at = [None] * batch
+    def __init__(self, done, prompt_len: int):
+        self.done, self.prompt_len = done, prompt_len
 
     def __call__(self, input_ids, scores, **kwargs):
         import torch
 
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        for i in range(input_ids.shape[0]):
-            if self.stopped_at[i] is not None:
-                done[i] = True
-                continue
-            text = self.tokenizer.decode(input_ids[i, self.prompt_len:].tolist(), skip_special_tokens=True)
-            if any(s in text for s in self.stop):
-                self.stopped_at[i] = input_ids.shape[1] - self.prompt_len
-                done[i] = True
-        return done
+        new = input_ids[:, self.prompt_len:].tolist()
+        return torch.tensor([self.done(i, row) for i, row in enumerate(new)], dtype=torch.bool, device=input_ids.device)
 
 
 @contextlib.contextmanager
@@ -120,24 +98,32 @@ class TransformersBackend(BackendBase):
             each call and goes back to train mode afterwards if it was training (a policy being trained).
         tokenizer: its tokenizer; it must have a chat template.
         device: where to run (``"cpu"``, ``"cuda"``, ...); the model is moved there. Default: where it is.
-        batch_size: rows per ``generate`` call; ``None`` = the whole batch in one call.
+        batch_size: rows decoded together; ``None`` = the whole batch at once. Larger batches use the
+            CPU or GPU better; rows of similar prompt lengths are grouped.
         chat_template_kwargs: extra keyword arguments for ``apply_chat_template`` (e.g. ``{"enable_thinking": False}``).
         truncate_prompt: ``False`` (default): a prompt that does not fit in the model's context with
             ``max_new_tokens`` is an error. ``True``: drop its oldest tokens (left truncation).
         stop_token_ids: end-of-turn token ids; default: detected from the tokenizer and generation config.
         model_id: name recorded in provenance and cache keys; default: the model's ``name_or_path``.
+        decoder: ``"loop"`` (the KV-cached sampling loop) or ``"generate"`` (``transformers``' ``generate``);
+            default ``None``: the loop, or ``generate`` for a model whose forward takes no cache argument.
+        prompt_cache_size: conversations whose prompt token ids are kept (LRU); 0 turns the cache off.
+            It assumes the tokenizer and its chat template do not change after the back end is built.
     """
 
     name = "transformers"
 
     def __init__(self, model: Any, tokenizer: Any, device: Any = None, batch_size: int | None = None,
                  chat_template_kwargs: dict | None = None, truncate_prompt: bool = False,
-                 stop_token_ids: Sequence[int] | None = None, model_id: str | None = None):
+                 stop_token_ids: Sequence[int] | None = None, model_id: str | None = None,
+                 decoder: str | None = None, prompt_cache_size: int = 1024):
         super().__init__()
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError(NO_TEMPLATE)
         if batch_size is not None and int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
+        if decoder is not None and decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS} or None (the loop where the model supports it), got {decoder!r}")
         self.model, self.tokenizer = model, tokenizer
         if device is not None:
             self.model.to(device)
@@ -155,6 +141,15 @@ class TransformersBackend(BackendBase):
         self.pad_token_id = int(pad if pad is not None else self.stop_token_ids[0])
         cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         self.max_positions = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+        from .decoding import KVDecoder
+
+        self._loop = KVDecoder(model)
+        if decoder == "loop" and not self._loop.supported:
+            raise ValueError(f"{type(model).__name__}.forward takes no cache argument (cache or past_key_values), "
+                             "so the sampling loop cannot run it; build the back end with decoder='generate'")
+        self.decoder = decoder or ("loop" if self._loop.supported else "generate")
+        self.prompt_cache_size = int(prompt_cache_size)
+        self._prompts: OrderedDict[str, list[int]] = OrderedDict()
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -210,8 +205,7 @@ class TransformersBackend(BackendBase):
     def encode(self, conversations: Sequence[Conversation], room: int) -> list[list[int]]:
         """Prompt token ids of each conversation, checked against the context size (``room`` tokens reserved)."""
         out = []
-        for i, conv in enumerate(conversations):
-            ids = self.tokenizer(self.render(conv), add_special_tokens=False)["input_ids"]
+        for i, ids in enumerate(self._prompt_ids(conversations)):
             if self.max_positions is not None and len(ids) + room > self.max_positions:
                 limit = int(self.max_positions) - room
                 if not self.truncate_prompt or limit < 1:
@@ -223,17 +217,25 @@ class TransformersBackend(BackendBase):
             out.append(list(ids))
         return out
 
-    def _pad_left(self, rows: Sequence[Sequence[int]]):
-        import torch
+    def _prompt_ids(self, conversations: Sequence[Conversation]) -> list[list[int]]:
+        """Untruncated prompt ids: from the LRU, the rest rendered and tokenised in one batched call."""
+        keys = [json.dumps(conv, sort_keys=True, ensure_ascii=False) for conv in conversations]
+        found = {k: self._prompts[k] for k in keys if k in self._prompts}
+        todo = {k: conv for k, conv in zip(keys, conversations) if k not in found}
+        if todo:
+            texts = [self.render(conv) for conv in todo.values()]
+            found.update(zip(todo, self.tokenizer(texts, add_special_tokens=False)["input_ids"]))
+        for k in keys if self.prompt_cache_size > 0 else ():
+            self._prompts[k] = found[k]
+            self._prompts.move_to_end(k)
+        while len(self._prompts) > self.prompt_cache_size:
+            self._prompts.popitem(last=False)
+        return [found[k] for k in keys]
 
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            if r:
-                ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-                mask[i, width - len(r):] = 1
-        return ids.to(self.device), mask.to(self.device)
+    def _pad_left(self, rows: Sequence[Sequence[int]]):
+        from .decoding import pad_left
+
+        return pad_left(rows, self.pad_token_id, self.device)
 
     def _chunks(self, n: int, lengths: Sequence[int]) -> list[list[int]]:
         if self.batch_size is None or self.batch_size >= n:
@@ -254,42 +256,55 @@ class TransformersBackend(BackendBase):
 
     def _generate_chunk(self, prompts: list[list[int]], params: SamplingParams, seeds: list[int]) -> list[Generation]:
         import torch
+
+        n = int(params.max_new_tokens)
+        table = torch.from_numpy(uniforms(seeds, n))  # row i, step t: the uniform of (seeds[i], t)
+        temperature, top_p = float(params.temperature), float(params.top_p)
+
+        def pick(logits, rows, step):
+            return sample_tokens(logits, table[rows.cpu(), step], temperature, top_p)
+
+        eot = set(self.stop_token_ids)
+
+        def done(row: int, tokens: list[int]) -> bool:
+            return tokens[-1] in eot or (bool(params.stop) and any(
+                s in self.tokenizer.decode(tokens, skip_special_tokens=True) for s in params.stop))
+
+        with torch.no_grad(), _eval_mode(self.model):
+            if self.decoder == "loop":
+                rows = self._loop.run(prompts, self.pad_token_id, n, pick, done)
+            else:
+                rows = self._generate_hf(prompts, n, pick, done)
+        return [self._finish(toks, len(p), params) for p, toks in zip(prompts, rows)]
+
+    def _generate_hf(self, prompts: list[list[int]], n: int, pick, done) -> list[list[int]]:
+        """Each row's tokens from ``transformers``' ``generate`` (the same sampler, via a logits processor)."""
         from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
         ids, mask = self._pad_left(prompts)
         width = ids.shape[1]
-        config = GenerationConfig(
-            max_new_tokens=int(params.max_new_tokens), do_sample=False, num_beams=1,
-            eos_token_id=list(self.stop_token_ids), pad_token_id=self.pad_token_id,
-            temperature=1.0, top_p=1.0, top_k=50, repetition_penalty=1.0)
-        stopper = _StopStrings(self.tokenizer, params.stop, width, len(prompts)) if params.stop else None
-        with torch.no_grad(), _eval_mode(self.model):
-            seq = self.model.generate(
-                input_ids=ids, attention_mask=mask, generation_config=config,
-                logits_processor=LogitsProcessorList([_RowSampler(seeds, params.temperature, params.top_p)]),
-                stopping_criteria=StoppingCriteriaList([stopper] if stopper else []))
+        config = GenerationConfig(max_new_tokens=n, do_sample=False, num_beams=1, eos_token_id=list(self.stop_token_ids),
+                                  pad_token_id=self.pad_token_id, temperature=1.0, top_p=1.0, top_k=50, repetition_penalty=1.0)
+        seq = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
+                                  logits_processor=LogitsProcessorList([_SeededSampler(pick, width)]),
+                                  stopping_criteria=StoppingCriteriaList([_StopStrings(done, width)]))
         if seq.shape[0] != len(prompts):
             raise BackendError(f"model.generate returned {seq.shape[0]} sequences for {len(prompts)} prompts")
-        new = seq[:, width:].tolist()
-        eot = set(self.stop_token_ids)
-        gens = []
-        for i, row in enumerate(new):
-            end = next((k + 1 for k, t in enumerate(row) if t in eot), None)
-            cut = stopper.stopped_at[i] if stopper else None
-            if cut is not None and (end is None or cut < end):
-                toks, reason = row[:cut], "stop_string"
-            elif end is not None:
-                toks, reason = row[:end], "stop"
-            else:
-                toks, reason = row, "length"
-            body = toks[:-1] if reason == "stop" else toks
-            text = self.tokenizer.decode(body, skip_special_tokens=True)
-            text, found = cut_at_stop(text, params.stop)
-            if found:
-                reason = "stop_string"
-            gens.append(Generation(text=text, token_ids=[int(t) for t in toks], finish_reason=reason,
-                                   prompt_tokens=len(prompts[i]), completion_tokens=len(toks)))
-        return gens
+        rows = []
+        for i, row in enumerate(seq[:, width:].tolist()):
+            end = next((k + 1 for k in range(len(row)) if done(i, row[:k + 1])), len(row))
+            rows.append(row[:end])
+        return rows
+
+    def _finish(self, toks: list[int], prompt_tokens: int, params: SamplingParams) -> Generation:
+        """The :class:`Generation` of a row's sampled tokens (which end at its end of turn, stop string or limit)."""
+        reason = "stop" if toks and toks[-1] in self.stop_token_ids else "length"
+        body = toks[:-1] if reason == "stop" else toks
+        text, found = cut_at_stop(self.tokenizer.decode(body, skip_special_tokens=True), params.stop)
+        if found:
+            reason = "stop_string"
+        return Generation(text=text, token_ids=[int(t) for t in toks], finish_reason=reason,
+                          prompt_tokens=prompt_tokens, completion_tokens=len(toks))
 
     # ------------------------------------------------------------------ scoring
     def next_token_logprobs(self, conversations: Sequence[Conversation], candidates: Sequence[str]) -> np.ndarray:
