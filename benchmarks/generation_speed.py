@@ -118,7 +118,8 @@ def pi0_calls(policy, seed: int = 0) -> list:
     import gymnasium as gym
 
     import refuel_env  # noqa: F401
-    from agents.rollout import RolloutEngine
+    from agents.engine.rollout import RolloutEngine
+    from refuel_env import SamplingParams
 
     backend, calls = policy.backend(), []
     record = backend.generate_with_tokens
@@ -129,8 +130,9 @@ def pi0_calls(policy, seed: int = 0) -> list:
 
     backend.generate_with_tokens = recording
     env = gym.make_vec("RefuelDialogue-v0", num_envs=1)
-    RolloutEngine(env).pairs(32, np.random.default_rng(seed), policy, policy, policy, last_turn=False)
-    RolloutEngine(env).dialogues(64, policy, np.random.default_rng(seed + 1))
+    params = SamplingParams(max_new_tokens=24, temperature=1.0)  # the agents' defaults
+    RolloutEngine(env).pairs(32, np.random.default_rng(seed), policy, policy, "relative_future", params)
+    RolloutEngine(env).dialogues(64, policy, np.random.default_rng(seed + 1), params)
     del backend.generate_with_tokens
     return calls
 
@@ -167,7 +169,7 @@ def main() -> None:
     print(f"old = commit {OLD_COMMIT}; timing: process CPU time, paths interleaved per round")
 
     if any(w.startswith("pi0") for w in args.workloads):
-        from agents.reference import reference_policy
+        from agents.engine.reference import reference_policy
 
         policy = reference_policy(log=lambda m: print(m, flush=True))
         model, tok = policy.model, policy.tokenizer

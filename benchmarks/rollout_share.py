@@ -52,8 +52,8 @@ def main() -> None:
     H = machine_of(env).max_turns
     params = SamplingParams(max_new_tokens=24, temperature=1.0)  # the agents' defaults
     workloads = {
-        "refuel pairs (relative future)": lambda eng, rng: eng.pairs(args.n, rng, pi0, pi0, False, params),
-        "rebel/dpo pairs (last turn)": lambda eng, rng: eng.pairs(args.n, rng, pi0, pi0, True, params),
+        "refuel pairs (relative future)": lambda eng, rng: eng.pairs(args.n, rng, pi0, pi0, "relative_future", params),
+        "rebel/dpo pairs (last turn)": lambda eng, rng: eng.pairs(args.n, rng, pi0, pi0, "last_turn", params),
         "ppo dialogues": lambda eng, rng: eng.dialogues(2 * args.n, pi0, rng, params),
         "evaluation dialogues (H_max, snapshots)": lambda eng, rng: eng.dialogues(2 * args.n, pi0, rng, params, split="eval",
                                                                                    horizons=[H] * (2 * args.n),

@@ -39,6 +39,10 @@ class Task(Protocol):
     def make_backend(self, role: str) -> "Backend | None":
         """The text-generation back end of the task's ``"user"`` or ``"judge"`` model (None: it needs none)."""
 
+    def expert_speaker(self, seed: int | None = None) -> Any:
+        """A policy known to be good at the task (``act(conversations) -> list[str]``): the benchmark's upper
+        reference and the source of its positive control; raises ValueError if the task has none."""
+
     def offline_speaker(self, seed: int | None = None) -> Any:
         """The behaviour policy of the task's offline data (an object with ``act(conversations) -> list[str]``),
         for roll-ins from offline dialogues (``rollin="offline"``); raises ValueError if the task has none."""

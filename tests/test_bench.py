@@ -130,10 +130,11 @@ def test_matched_budgets_and_options(tiny_cfg):
     cfg = dataclasses.replace(tiny_cfg, pairs_per_iteration=6)
     assert agent_kwargs(cfg, agent_spec("refuel"), 3)["batch_size"] == 6
     assert agent_kwargs(cfg, agent_spec("ppo"), 3)["batch_size"] == 12  # two dialogues per pair
-    dpo = agent_kwargs(cfg, agent_spec("dpo-online"), 3)
+    dpo = agent_kwargs(cfg, agent_spec("DPO-ONLINE"), 3)
     assert dpo["rollin"] == dpo["responder"] == "current" and dpo["seed"] == 3 and dpo["lr"] == 1e-3
-    rebel = agent_spec("rebel")
-    assert rebel.agent == "rebel" and rebel.options == {"target": "last_turn", "rollin": "reference"}
+    rebel = agent_spec("REBEL-LT-MIXED")
+    assert rebel.agent == "rebel" and rebel.options == {"target": "last_turn", "rollin": "reference", "responder": "current"}
+    assert agent_spec("rebel").options == {}  # a registered agent's name is a row with its defaults
     assert agent_spec("my-agent").agent == "my-agent"
     fp = cfg.unit_fingerprint()
     assert dataclasses.replace(cfg, agents=["ppo"], seeds=[4, 5]).unit_fingerprint() == fp

@@ -102,12 +102,13 @@ def test_ppo_update_raises_the_ratio_of_advantaged_tokens(env, tiny_reference):
 MARGIN = 0.04
 """Required rise of the mean final-turn judge score over pi_0's (same 512 held-out dialogues, same seeds)."""
 SMALL_TASK = {"n_items": 4, "max_turns": 3}
-LEARNING = {  # agent options for 10 iterations of 64 pairs (PPO: 128 dialogues, the same dialogue budget)
+LEARNING = {  # agent options for 10 iterations of 64 pairs (PPO, SFT: 128 dialogues, the same dialogue budget)
     "refuel": ("refuel", {"lr": 1e-3}),
     "rebel": ("rebel", {"lr": 1e-3}),
     "dpo-offline": ("dpo", {"lr": 3e-4, "beta": 0.5}),
     "dpo-online": ("dpo", {"lr": 1e-3, "rollin": "current", "responder": "current"}),
     "ppo": ("ppo", {"lr": 1e-3}),
+    "positive-control": ("sft", {"lr": 1e-3}),  # pi_0 fine-tuned on the expert's dialogues: the benchmark's control
 }
 
 
@@ -142,7 +143,7 @@ def small_reference_score(small_reference, small_env):
 
 def score_gain(name, env, pi0, pi0_score, iterations: int = 10, **options) -> float:
     agent = make_agent(name, policy=fresh(pi0), ref_policy=fresh(pi0), seed=0,
-                       batch_size=128 if name == "ppo" else 64, epochs=2, minibatch_size=16, **options)
+                       batch_size=128 if name in ("ppo", "sft") else 64, epochs=2, minibatch_size=16, **options)
     for _ in range(iterations):
         metrics = agent.update(agent.collect(env))
         assert np.isfinite(metrics["loss"])

@@ -94,7 +94,7 @@ def test_bench_dry_run_validates_the_preset(capsys):
     assert main(["bench", "--preset", "paper-hh", "--dry-run"]) == 0
     cap = capsys.readouterr()
     assert json.loads(cap.out)["env"]["task_kwargs"]["prompts"] == "hh"
-    assert "row 'refuel'" in cap.err
+    assert "row 'REFUEL'" in cap.err
 
 
 @pytest.mark.parametrize("setting, message", [
@@ -144,9 +144,9 @@ def test_plan_rows_match_the_rollout_engine(last_turn):
     env = gym.make_vec("RefuelDialogue-v0", num_envs=1, max_turns=hmax)
     asker = Asker()
     _, dropped = RolloutEngine(env).pairs(n, np.random.default_rng(0), rollin=asker, responder=asker,
-                                          last_turn=last_turn, params=SamplingParams())
+                                          target="last_turn" if last_turn else "relative_future", params=SamplingParams())
     assert dropped["ended_before_branch"] == 0
-    want = pair_profile(n, hmax, last_turn)
+    want = pair_profile(n, hmax, "last_turn" if last_turn else "relative_future")
     assert len(asker.calls) == len(want)
     for got, (phase, rows, _) in zip(asker.calls, want):
         assert abs(got - rows) <= 0.06 * (2 * n if phase.startswith(("branch", "continuation")) else n), (phase, got, rows)

@@ -3,13 +3,15 @@
 The data of one iteration, as in the paper's Algorithm 1 (REFUEL; arXiv 2410.04612):
 
     for each of the batch_size pairs:
-        H ~ U{1..H_max};  h ~ U{1..H}                 (target="last_turn": h = H)
+        H ~ U{1..H_max};  h ~ U{1..H}                 (target="last_turn": h = H; "multi_turn": h = 1)
         roll in turns 1..h-1 with `rollin` and the user simulator  -> s_h
         a, a' ~ `responder`(. | s_h)                 two branches of the same state (goal, user randomness)
-        continue each branch to H with `responder`   (target="last_turn": nothing to continue)
+        continue each branch to H with `responder`   (target="last_turn": nothing to continue;
+                                                      `continuations` K > 1: K times, Q-hat their mean)
         Q(a), Q(a') = the judge's score of each branch at H
     drop pairs with a' == a (no signal) and, for preference losses, pairs with Q(a) == Q(a')
     store ln pi_anchor(a | s_h), ln pi_anchor(a' | s_h), summed over the turn-h tokens only
+        (target="multi_turn": a is the whole dialogue, summed over all its assistant turns)
 
 Where the context comes from (``rollin``), who answers at turn h (``responder``) and what the target is
 (``target``: the relative future, i.e. each branch continued to the horizon, or the last-turn reward with
@@ -30,27 +32,40 @@ import torch
 from ..base import Agent, AgentConfig, Batch
 from ..engine.chat import EncodedTurns, TemplateError
 from ..engine.distributed import cat_rows, sum_stats
+from ..engine.rollout import TARGETS
 
-ROLLINS = ("current", "reference", "offline")
+ROLLINS = ("current", "reference", "offline", "none")
 RESPONDERS = ("current", "reference")
-TARGETS = ("relative_future", "last_turn")
 
 
 @dataclass
 class PairConfig(AgentConfig):
     rollin: str = "current"
-    """Who plays the assistant up to s_h: "current" (pi_t), "reference" (pi_0, the paper's "mixed"),
-    or "offline" (the behaviour policy of the task's offline data: for guess-item, its scripted demonstrator)."""
+    """Who plays the assistant up to s_h: "current" (pi_t), "reference" (pi_0, the paper's "mixed"), "offline"
+    (the behaviour policy of the task's offline data: for guess-item, its scripted demonstrator), or "none"
+    (multi-turn targets: pairs branch at the opening)."""
     responder: str = "current"
     """Who samples the two responses at turn h (and continues the branches): "current" or "reference"."""
     target: str = "relative_future"
-    """"relative_future": h ~ U{1..H}, each branch continued to H (REFUEL); "last_turn": h = H."""
+    """"relative_future": h ~ U{1..H}, each branch continued to H (REFUEL); "last_turn": h = H (the paper's LT
+    baselines); "multi_turn": h = 1 and each response is a whole dialogue (the paper's MT baselines)."""
+    continuations: int = 1
+    """Monte-Carlo continuations of each branch (relative future only); Q-hat is their mean (the paper: 1)."""
 
     def __post_init__(self):
         super().__post_init__()
         if self.rollin not in ROLLINS or self.responder not in RESPONDERS or self.target not in TARGETS:
             raise ValueError(f"rollin must be one of {ROLLINS}, responder one of {RESPONDERS}, target one of "
                              f"{TARGETS}; got rollin={self.rollin!r}, responder={self.responder!r}, target={self.target!r}")
+        if (self.target == "multi_turn") != (self.rollin == "none"):
+            raise ValueError(f"target={self.target!r} with rollin={self.rollin!r} contradict each other: a multi-turn "
+                             "pair branches at the opening, so it has no roll-in (rollin='none'), and only a multi-turn "
+                             "pair has none")
+        if isinstance(self.continuations, bool) or not isinstance(self.continuations, int) or self.continuations < 1:
+            raise ValueError(f"continuations must be an integer >= 1, got {self.continuations!r}")
+        if self.continuations > 1 and self.target != "relative_future":
+            raise ValueError(f"continuations={self.continuations} needs target='relative_future': a {self.target} "
+                             "pair has no continuation to average")
         if self.temperature == 0:
             raise ValueError("temperature 0 (greedy) makes the two responses of every pair identical, and identical "
                              "pairs are dropped: use a temperature > 0")
@@ -65,19 +80,28 @@ class PairAgent(Agent):
     """True for losses that need a winner: pairs with equal returns are dropped (and counted)."""
 
     def speaker(self, which: str, task):
-        if which == "current":
+        if which in ("current", "none"):  # "none": no roll-in turn is ever taken
             return self.policy
         if which == "reference":
             return self.ref_policy
         return task.offline_speaker(seed=self.dist.process_seed(int(self.rng.integers(2**31))))
 
+    def responses(self, pairs) -> tuple[list, list]:
+        """(context, (response a, response b)) of each pair: the turn-h texts, or for multi-turn targets every
+        message after the opening (the whole dialogue is the response)."""
+        if self.config.target != "multi_turn":
+            return pairs.contexts, pairs.responses
+        return pairs.contexts, [tuple([dict(m) for m in f.messages[len(ctx):]] for f in fin)
+                                for ctx, fin in zip(pairs.contexts, pairs.finals)]
+
     def encode_pairs(self, contexts, responses) -> tuple[EncodedTurns | None, list[int], int]:
         """Encode both responses of each pair (rows i and n+i); drop and count pairs the template breaks."""
         rows_a, rows_b, keep, errors = [], [], [], 0
         chat = self.policy.chat
+        row = chat.turn_row if self.config.target != "multi_turn" else chat.dialogue_row
         for i, (ctx, (a, b)) in enumerate(zip(contexts, responses)):
             try:
-                ra, rb = chat.turn_row(ctx, a), chat.turn_row(ctx, b)
+                ra, rb = row(ctx, a), row(ctx, b)
             except TemplateError:
                 errors += 1
                 continue
@@ -95,22 +119,24 @@ class PairAgent(Agent):
         self.policy.model.eval()
         task = eng.machine.task
         pairs, dropped = eng.pairs(c.batch_size, self.rng, rollin=self.speaker(c.rollin, task),
-                                   responder=self.speaker(c.responder, task), last_turn=c.target == "last_turn",
-                                   params=self.sampling)
-        n0 = len(pairs.contexts)
+                                   responder=self.speaker(c.responder, task), target=c.target, params=self.sampling,
+                                   continuations=c.continuations)
+        all_contexts, all_responses = self.responses(pairs)
+        n0 = len(all_contexts)
         finite = np.isfinite(pairs.returns).all(1)
-        distinct = np.array([a != b for a, b in pairs.responses], dtype=bool) if n0 else np.zeros(0, bool)
+        distinct = np.array([a != b for a, b in all_responses], dtype=bool) if n0 else np.zeros(0, bool)
         usable = (pairs.returns[:, 0] != pairs.returns[:, 1]) if self.needs_preference else np.ones(n0, bool)
         keep_rows = [i for i in range(n0) if finite[i] and distinct[i] and usable[i]]
-        contexts = [pairs.contexts[i] for i in keep_rows]
-        responses = [pairs.responses[i] for i in keep_rows]
+        contexts = [all_contexts[i] for i in keep_rows]
+        responses = [all_responses[i] for i in keep_rows]
         enc, kept, template_errors = self.encode_pairs(contexts, responses)
         rows = [keep_rows[i] for i in kept]
         stats = {**self.budget(eng, before), "pairs": len(rows), "examples": len(rows), **dropped,
                  "identical_responses": int((~distinct).sum()), "nonfinite_returns": int((~finite).sum()),
                  "unusable_pairs": int((finite & distinct & ~usable).sum()),
                  "template_errors": template_errors,
-                 "mean_return": float(np.nanmean(pairs.returns)) if n0 else float("nan")}
+                 "mean_return": float(np.nanmean(pairs.returns)) if n0 else float("nan"),
+                 **signal_by_turn(pairs, rows)}
         data = None
         if enc is not None:
             anchor = self.policy if self.anchor == "pi_t" else self.ref_policy
@@ -118,7 +144,7 @@ class PairAgent(Agent):
             n = len(rows)
             data = {"enc": enc, "old_a": old[:n], "old_b": old[n:],
                     "returns": torch.tensor(pairs.returns[rows], dtype=torch.float32),
-                    "contexts": [pairs.contexts[i] for i in rows], "responses": [pairs.responses[i] for i in rows],
+                    "contexts": [all_contexts[i] for i in rows], "responses": [all_responses[i] for i in rows],
                     "turns": pairs.turns[rows], "horizons": pairs.horizons[rows]}
         if self.dist.enabled:
             data, stats = self.gather_pairs(data, stats, pairs.returns)
@@ -192,8 +218,27 @@ class PairAgent(Agent):
                 continue
             (w, qw), (l, ql) = ((a, qa), (b, qb)) if qa > qb else ((b, qb), (a, qa))
             rows["prompt"].append([dict(m) for m in ctx])
-            rows["chosen"].append([{"role": "assistant", "content": w}])
-            rows["rejected"].append([{"role": "assistant", "content": l}])
+            rows["chosen"].append(as_messages(w))
+            rows["rejected"].append(as_messages(l))
             rows["score_chosen"].append(qw)
             rows["score_rejected"].append(ql)
         return Dataset.from_dict(rows)
+
+
+def as_messages(response) -> list[dict]:
+    """A response as chat messages: a turn's text, or the messages of a multi-turn response as they are."""
+    return [{"role": "assistant", "content": response}] if isinstance(response, str) else [dict(m) for m in response]
+
+
+def signal_by_turn(pairs, kept: list[int]) -> dict:
+    """Per branching turn h: pairs drawn, kept (trained on) and kept with a return difference (a learning signal),
+    as flat ``turn{h}/drawn``, ``turn{h}/kept``, ``turn{h}/signal`` counts."""
+    out = {}
+    kept_turns = pairs.turns[kept] if len(kept) else np.zeros(0, int)
+    signal = pairs.returns[kept, 0] != pairs.returns[kept, 1] if len(kept) else np.zeros(0, bool)
+    for h in np.unique(pairs.drawn_turns):
+        h = int(h)
+        out[f"turn{h}/drawn"] = int((pairs.drawn_turns == h).sum())
+        out[f"turn{h}/kept"] = int((kept_turns == h).sum())
+        out[f"turn{h}/signal"] = int(((kept_turns == h) & signal).sum())
+    return out

@@ -95,6 +95,23 @@ class ChatEncoder:
         m[a:b] = 1
         return torch.tensor(ids), m
 
+    def dialogue_row(self, context: Conversation, messages: Conversation) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unpadded token ids of context + ``messages`` (up to their last assistant message), and the mask of every
+        assistant turn in ``messages`` (a multi-turn response; the user turns between them are not trained)."""
+        msgs = list(context) + list(messages)
+        turns = [k for k in range(len(context), len(msgs)) if msgs[k]["role"] == "assistant"]
+        if not turns:
+            raise TemplateError("a multi-turn response needs at least one assistant message")
+        ids, _, _ = self.turn_span(msgs, turns[-1])
+        m = torch.zeros(len(ids), dtype=torch.long)
+        for k in turns:
+            full, a, b = self.turn_span(msgs, k)
+            if ids[:b] != full:
+                self.stats["template_errors"] += 1
+                raise TemplateError(f"the tokens of messages 0..{k} are not a prefix of the whole dialogue's")
+            m[a:b] = 1
+        return torch.tensor(ids), m
+
     def pad_rows(self, rows: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> EncodedTurns:
         return self.pad([r[0] for r in rows], [r[1] for r in rows])
 

@@ -25,7 +25,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from refuel_env.core import DialogueMachine
-from refuel_env.tasks.guess_item import ATTRIBUTES, CATALOGUE, FINAL, NO, POSSIBLE, RIGHT, TOO_MANY, UNCLEAR, WRONG, YES
+from refuel_env.tasks.guess_item import (ASK, ATTRIBUTES, CATALOGUE, FINAL, NO, OPENING, POSSIBLE, RIGHT, TOO_MANY,
+                                        UNCLEAR, WRONG, YES)
 from refuel_env.tasks.guess_item_players import ScriptedQuestioner
 
 from .policy import Policy
@@ -33,7 +34,7 @@ from .policy import Policy
 CHATML = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
           "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 SPECIAL = ["<|pad|>", "<|im_start|>", "<|im_end|>"]
-RECIPE_VERSION = 6
+RECIPE_VERSION = 7
 
 
 @dataclass
@@ -43,12 +44,14 @@ class ReferenceConfig:
     n_items: int = 8
     max_turns: int = 4
     noise: float = 0.0
+    tell_horizon: bool = False  # whether the task's opening states H (the env's task_kwargs say)
     vocab_size: int = 640
     hidden_size: int = 96
     num_layers: int = 2
     num_heads: int = 4
     n_dialogues: int = 1000
-    epsilon: float = 0.3  # probability that the demonstrator guesses prematurely on a question turn
+    epsilon: float = 0.3  # probability that the demonstrator guesses prematurely on a question turn (demo_epsilon)
+    final_error: float = 0.0  # probability that its final guess is another animal than its best (demo_final_error)
     demo_phrasing: str = "fixed"  # the demonstrator's own wording ("fixed" or "varied"); the user's stays varied
     epochs: int = 20  # small batches, many steps: in-context copying only emerges after ~2000 steps
     lr: float = 2e-3
@@ -68,6 +71,7 @@ def task_corpus(items) -> list[str]:
     """Every phrase of the task's language, for training the tokenizer."""
     lines = [f"I am thinking of one of these animals: {', '.join(items)}. You have {h} turns: ask yes/no questions "
              f"about one attribute at a time, and guess on turn {h}." for h in range(1, 10)]
+    lines += [f"{OPENING.format(items=', '.join(items))} {ASK}", ASK]
     lines += ["You have 1 turn: make your guess now.", UNCLEAR, TOO_MANY, FINAL, *YES, *NO]
     lines += [POSSIBLE.format(items=", ".join(items[i:] + items[:i])) for i in range(len(items))]
     for qs, _ in ATTRIBUTES.values():
@@ -90,8 +94,10 @@ def build_tokenizer(items, vocab_size: int) -> PreTrainedTokenizerFast:
 
 def demonstrations(cfg: ReferenceConfig) -> list[list[dict]]:
     """Dialogues of the scripted demonstrator with the scripted user, horizons uniform in 1..H_max."""
-    core = DialogueMachine(task_kwargs={"n_items": cfg.n_items, "noise": cfg.noise}, max_turns=cfg.max_turns)
-    demo = ScriptedQuestioner(core.task, "demonstrator", epsilon=cfg.epsilon, seed=cfg.seed, phrasing=cfg.demo_phrasing)
+    core = DialogueMachine(task_kwargs={"n_items": cfg.n_items, "noise": cfg.noise, "tell_horizon": cfg.tell_horizon},
+                           max_turns=cfg.max_turns)
+    demo = ScriptedQuestioner(core.task, "demonstrator", epsilon=cfg.epsilon, final_error=cfg.final_error,
+                              seed=cfg.seed, phrasing=cfg.demo_phrasing)
     rng = np.random.default_rng(cfg.seed)
     states = [core.new_state(int(rng.integers(2**62))) for _ in range(cfg.n_dialogues)]
     live = list(states)

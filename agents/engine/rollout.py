@@ -45,21 +45,36 @@ class PairData:
     returns: np.ndarray  # [n, 2] Q-hat of each response
     turns: np.ndarray  # h of each pair
     horizons: np.ndarray  # H of each pair
-    finals: list = field(default_factory=list)  # the two final states of each pair (for inspection/export)
+    finals: list = field(default_factory=list)  # the two final states of each pair (multi-turn targets train on them)
+    drawn_turns: np.ndarray = field(default_factory=lambda: np.zeros(0, int))  # h of every pair drawn, kept or not
 
 
-def draw_pair_turns(rng: np.random.Generator, n: int, hmax: int, last_turn: bool) -> tuple[np.ndarray, np.ndarray]:
-    """The horizons H ~ U{1..H_max} and branching turns h ~ U{1..H} (h = H for last-turn targets) of n pairs:
-    the reference code's order (H first, then h <= H). :func:`pair_turn_probabilities` is their law."""
+TARGETS = ("relative_future", "last_turn", "multi_turn")
+"""What a pair's two responses are and what they are scored by: "relative_future" (REFUEL: h ~ U{1..H}, each
+branch continued to H, the judge's score at H), "last_turn" (h = H: the last turn's score, nothing to continue),
+"multi_turn" (h = 1: the whole dialogue is the response, scored at its end)."""
+
+
+def draw_pair_turns(rng: np.random.Generator, n: int, hmax: int, target: str) -> tuple[np.ndarray, np.ndarray]:
+    """The horizons H ~ U{1..H_max} and branching turns h of n pairs: h ~ U{1..H} for the relative future (the
+    reference code's order: H first, then h <= H), h = H for last-turn targets, h = 1 for multi-turn ones.
+    :func:`pair_turn_probabilities` is their law."""
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
     horizons = rng.integers(1, hmax + 1, size=n)
-    turns = horizons.copy() if last_turn else np.array([rng.integers(1, H + 1) for H in horizons])
-    return horizons, turns
+    if target == "last_turn":
+        return horizons, horizons.copy()
+    if target == "multi_turn":
+        return horizons, np.ones_like(horizons)
+    return horizons, np.array([rng.integers(1, H + 1) for H in horizons], dtype=horizons.dtype)
 
 
-def pair_turn_probabilities(hmax: int, last_turn: bool) -> list[tuple[int, int, float]]:
+def pair_turn_probabilities(hmax: int, target: str) -> list[tuple[int, int, float]]:
     """(H, h, P(H, h)) of :func:`draw_pair_turns` (for plans and expected budgets)."""
-    return [(H, h, 1.0 / hmax / (1 if last_turn else H)) for H in range(1, hmax + 1)
-            for h in ([H] if last_turn else range(1, H + 1))]
+    def turns(H):
+        return [H] if target == "last_turn" else [1] if target == "multi_turn" else range(1, H + 1)
+
+    return [(H, h, 1.0 / hmax / len(turns(H))) for H in range(1, hmax + 1) for h in turns(H)]
 
 
 class RolloutEngine:
@@ -123,14 +138,19 @@ class RolloutEngine:
         self.stats["env_steps"] += 1
 
     # ------------------------------------------------------------------ pairs
-    def pairs(self, n: int, rng: np.random.Generator, rollin: Any, responder: Any, last_turn: bool,
-              params: SamplingParams, split: str = "train") -> tuple[PairData, dict]:
-        """Sample H ~ U{1..H_max}, h ~ U{1..H} (h = H when ``last_turn``), roll in to s_h with ``rollin``,
-        draw two responses from ``responder``, and continue each branch to H with ``responder``.
+    def pairs(self, n: int, rng: np.random.Generator, rollin: Any, responder: Any, target: str,
+              params: SamplingParams, continuations: int = 1, split: str = "train") -> tuple[PairData, dict]:
+        """Draw H and h (:func:`draw_pair_turns`), roll in to s_h with ``rollin``, draw two responses from
+        ``responder``, and (unless ``target="last_turn"``) continue each branch to H with ``responder``, ``continuations``
+        times: Q-hat is the mean of the judge's scores at H. The two branches of a pair share the user's and the
+        judge's random state (common random numbers); continuation k > 0 of both branches reseeds them alike.
 
         Returns the pairs and counts of what was dropped (dialogues that ended before turn h).
         """
-        horizons, turns = draw_pair_turns(rng, n, self.machine.max_turns, last_turn)
+        if continuations < 1 or (continuations > 1 and target != "relative_future"):
+            raise ValueError(f"continuations must be 1, or > 1 with the relative-future target; got {continuations} "
+                             f"with target {target!r}")
+        horizons, turns = draw_pair_turns(rng, n, self.machine.max_turns, target)
         states = self.new_states(n, rng, split, horizons)
         lo, hi = self.dist.block(n)
         horizons, turns = horizons[lo:hi], turns[lo:hi]
@@ -141,23 +161,43 @@ class RolloutEngine:
         branches = [b for s in roots for b in self.machine.branch(s, 2)]
         before, total = self.dist.offset(len(branches))
         if not total:
-            return PairData([], [], np.zeros((0, 2)), np.zeros(0, int), np.zeros(0, int)), dropped
+            return PairData([], [], np.zeros((0, 2)), np.zeros(0, int), np.zeros(0, int), drawn_turns=turns), dropped
         seed = int(rng.integers(2**31))
         first = self.speak(responder, branches, seed + before, params) if branches else []
         if branches:
             self.step_with(branches, first)
         self.stats["dialogues"] += len(roots)  # each pair adds one more dialogue (the second branch)
-        if not last_turn:
-            self.advance(branches, responder, rng, params)
-        q = np.array([s.scores[-1] for s in branches], dtype=float).reshape(-1, 2)
+        futures = branches
+        if target != "last_turn" and continuations > 1:
+            futures = self.continuation_copies(branches, continuations, int(rng.integers(2**31)))
+            self.stats["dialogues"] += len(branches) * (continuations - 1)
+        if target != "last_turn":
+            self.advance(futures, responder, rng, params)
+        q = np.array([s.scores[-1] for s in futures], dtype=float).reshape(len(roots), 2, -1).mean(-1)
         return PairData(contexts=[r.messages for r in roots], responses=list(zip(first[0::2], first[1::2])),
                         returns=q, turns=turns[ok], horizons=horizons[ok],
-                        finals=list(zip(branches[0::2], branches[1::2]))), dropped
+                        finals=list(zip(branches[0::2], branches[1::2])), drawn_turns=turns), dropped
+
+    def continuation_copies(self, branches: Sequence[DialogueState], k: int, seed: int) -> list[DialogueState]:
+        """k copies of every branch, in the order pair, branch, copy (copy 0 is the branch itself); copy c > 0 of
+        both branches of pair i gets the same fresh user and judge random states, drawn from (seed, i, c)."""
+        out = []
+        for j, b in enumerate(branches):
+            out.append(b)
+            for c, copy in enumerate(self.machine.branch(b, k - 1), start=1):
+                copy.user_rng = np.random.default_rng([seed, j // 2, c, 1])
+                copy.judge_rng = np.random.default_rng([seed, j // 2, c, 2])
+                out.append(copy)
+        return out
 
     # ------------------------------------------------------------------ whole dialogues
     def dialogues(self, n: int, speaker: Any, rng: np.random.Generator, params: SamplingParams, split: str = "train",
-                  horizons: Sequence[int] | None = None, snapshots: bool = False):
-        """Roll out n whole dialogues. With ``snapshots``, also the state after every turn: snaps[i][h-1]."""
+                  horizons: Sequence[int] | None = None, snapshots: bool = False,
+                  sampling_rng: np.random.Generator | None = None):
+        """Roll out n whole dialogues. With ``snapshots``, also the state after every turn: snaps[i][h-1].
+
+        Episode seeds come from ``rng``; the per-turn sampling seeds from ``sampling_rng`` (default: ``rng`` too).
+        With two generators the first k of n dialogues are exactly the k dialogues of the same call with n = k."""
         states = self.new_states(n, rng, split, horizons)
         snaps: list[list] = [[] for _ in states]
         index = {id(s): i for i, s in enumerate(states)}
@@ -166,6 +206,6 @@ class RolloutEngine:
             for s in live:
                 snaps[index[id(s)]].append(s.copy())
 
-        self.advance(states, speaker, rng, params, on_turn=record if snapshots else None)
+        self.advance(states, speaker, sampling_rng or rng, params, on_turn=record if snapshots else None)
         return (states, snaps) if snapshots else states
 

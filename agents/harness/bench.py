@@ -29,10 +29,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .build import agent_kwargs, build_agent, load_reference, make_env, reference_config, sampling
+from refuel_env.core import machine_of
+
+from .build import agent_kwargs, build_agent, load_reference, make_env, reference_config, sampling, training_env
 from .config import ExperimentConfig
+from .compare import conclusions, signal_by_turn
 from .evaluate import EvalResult, Evaluator, hierarchical_bootstrap_ci
-from .rows import AgentSpec
+from .rows import REFERENCE_ROWS, AgentSpec
 from .trainer import quiet_hf, train
 
 REFERENCE_AGENT = "pi_0"
@@ -107,22 +110,29 @@ class Bench:
         e, params = cfg.eval, sampling(cfg)
         self.evaluator = Evaluator(self.env, self.reference, e.n_dialogues, e.seed, params, e.temperature, e.examples,
                                    e.bootstrap)
-        self.curve_evaluator = Evaluator(self.env, self.reference, e.curve_n_dialogues, e.seed + 1, params,
+        # the learning curve: the same protocol and seed, on the first curve_n_dialogues of the final held-out set
+        self.curve_evaluator = Evaluator(self.env, self.reference, e.curve_n_dialogues, e.seed, params,
                                          e.temperature, 0, 200)
 
     # ---------------------------------------------------------------------------------------- units
     def unit_path(self, label: str, seed: int) -> Path:
         return self.out / "units" / f"{unit_name(label, seed)}.json"
 
-    def reusable(self, rec: dict | None) -> bool:
+    def reusable(self, rec: dict | None, spec: AgentSpec, seed: int) -> bool:
+        """Whether a unit of an earlier run stands: same configuration, same row (agent, options, training env)."""
         if not rec or rec.get("fingerprint") != self.fingerprint:
+            return False
+        if (rec.get("agent"), rec.get("options"), rec.get("env", {})) != (spec.agent, dict(spec.options), dict(spec.env)):
+            return False
+        if spec.agent not in REFERENCE_ROWS and rec.get("kwargs") != json.loads(json.dumps(agent_kwargs(self.cfg, spec, seed))):
             return False
         return rec.get("status") == "ok" or (rec.get("status") == "failed" and not self.retry_failed)
 
     def run_unit(self, spec: AgentSpec, seed: int) -> dict:
         cfg = self.cfg
         name = unit_name(spec.label, seed)
-        rec: dict[str, Any] = {"label": spec.label, "agent": spec.agent, "options": dict(spec.options), "seed": seed,
+        rec: dict[str, Any] = {"label": spec.label, "agent": spec.agent, "options": dict(spec.options),
+                               "env": dict(spec.env), "seed": seed,
                                "fingerprint": self.fingerprint}
         run_dir = self.out / "units" / name
         stamp = run_dir / "fingerprint.txt"
@@ -132,16 +142,19 @@ class Bench:
         stamp.write_text(self.fingerprint)
         t0 = time.perf_counter()
         try:
-            if spec.agent == REFERENCE_AGENT:
+            if spec.agent in REFERENCE_ROWS:
                 rec.update(kwargs={}, budget={"iterations": 0, "dialogues": 0, "tokens_generated": 0, "examples": 0,
                                               "wall_seconds": 0.0}, curve=[], resumed_from=0, iterations_run=0)
                 policy, params = self.reference, None
+                if spec.agent == "expert":  # the task's expert speaker, the upper reference
+                    policy = machine_of(self.env).task.expert_speaker(seed=seed)
             else:
                 rec["kwargs"] = agent_kwargs(cfg, spec, seed)
                 with quiet_hf():
                     agent = build_agent(cfg, spec, seed, reference=self.reference, log=lambda m: None)
                 curve_every = cfg.eval.curve_every if cfg.eval.curve_every and cfg.eval.curve_n_dialogues else 0
-                tr = train(agent, self.env, cfg.iterations, eval_every=curve_every, out=run_dir,
+                tr = train(agent, training_env(cfg, spec) or self.env, cfg.iterations, eval_every=curve_every,
+                           out=run_dir,
                            eval_fn=lambda ag: self.curve_evaluator(ag.policy, ag.sampling),
                            checkpoint_every=cfg.checkpoint_every,
                            resume=True, progress=self.progress, desc=name, log=self.log)
@@ -173,12 +186,12 @@ class Bench:
                 name = unit_name(spec.label, seed)
                 path = self.unit_path(spec.label, seed)
                 prev = json.loads(path.read_text()) if path.exists() else None
-                if self.reusable(prev):
+                if self.reusable(prev, spec, seed):
                     self.log(f"[bench] ({k}/{len(plan)}) {name}: finished in an earlier run, reused")
                     self.units[name] = prev
                     continue
                 self.log(f"[bench] ({k}/{len(plan)}) {name}: training {self.cfg.iterations} iterations"
-                         if spec.agent != REFERENCE_AGENT else f"[bench] ({k}/{len(plan)}) {name}: evaluating pi_0")
+                         if spec.agent not in REFERENCE_ROWS else f"[bench] ({k}/{len(plan)}) {name}: evaluating {spec.agent}")
                 rec = self.run_unit(spec, seed)
                 _atomic_json(path, rec)
                 self.units[name] = rec
@@ -241,9 +254,12 @@ def aggregate(cfg: ExperimentConfig, units: dict[str, dict], n_boot: int = 2000)
             row["eval_seconds"] = float(np.mean([r.get("eval_seconds", 0.0) for r in ok]))
             row["curves"] = [{"seed": r["seed"], "points": r.get("curve", [])} for r in ok]
             row["examples"] = ok[0]["eval"].get("examples", [])
+            row["signal"] = signal_by_turn([r.get("history", []) for r in ok], H)
         rows.append(row)
-    return {"config": cfg.to_dict(), "turns": list(range(1, H + 1)), "rows": rows,
-            "units": {k: {kk: vv for kk, vv in v.items() if kk != "history"} for k, v in units.items()}}
+    results = {"config": cfg.to_dict(), "turns": list(range(1, H + 1)), "rows": rows,
+               "units": {k: {kk: vv for kk, vv in v.items() if kk != "history"} for k, v in units.items()}}
+    results.update(conclusions(results, units, cfg.seeds, n_boot))
+    return results
 
 
 def run_bench(cfg: ExperimentConfig, out: str | Path, progress: bool = True, log: Callable = print,

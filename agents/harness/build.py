@@ -29,7 +29,9 @@ def reference_config(pol: PolicyConfig, env: EnvConfig):
     """The :class:`~agents.engine.reference.ReferenceConfig` of the built-in pi_0 for this env."""
     from ..engine.reference import ReferenceConfig
 
-    task = {k: env.task_kwargs[k] for k in ("n_items", "noise") if k in env.task_kwargs}
+    names = {"n_items": "n_items", "noise": "noise", "tell_horizon": "tell_horizon", "demo_epsilon": "epsilon",
+             "demo_final_error": "final_error"}  # the task's settings that pi_0's demonstrations depend on
+    task = {mine: env.task_kwargs[k] for k, mine in names.items() if k in env.task_kwargs}
     return ReferenceConfig(**{"max_turns": env.max_turns, **task, **pol.reference})
 
 
@@ -88,8 +90,9 @@ def policy_and_reference(pol: PolicyConfig, env: EnvConfig, name: str = "policy"
 
 
 def agent_kwargs(cfg: ExperimentConfig, spec: AgentSpec, seed: int) -> dict:
-    """The options one row's agent is built with: the common ones its config knows, the matched batch size,
-    the row's own options, and the seed."""
+    """The options one row's agent is built with: the common ones its config knows, the matched batch size, the
+    row's tuned settings (``cfg.tuned``, under its label or the row it is tuned as), the row's own options, the
+    seed; then the options the row negates (the negative control's eta)."""
     from ..algorithms.pairs import PairAgent
     from ..base import agent_registry
 
@@ -102,8 +105,24 @@ def agent_kwargs(cfg: ExperimentConfig, spec: AgentSpec, seed: int) -> dict:
     common["batch_size"] = cfg.pairs_per_iteration if per_pair else cfg.ppo_dialogues
     common["seed"] = seed
     out = {k: v for k, v in common.items() if known is None or k in known}
+    out.update(cfg.tuned.get(spec.tune_as or spec.label, {}))
     out.update(spec.options)
+    for k in spec.negate:
+        default = next((f.default for f in dataclasses.fields(config_cls) if f.name == k), None) if known else None
+        if not isinstance(out.get(k, default), (int, float)):
+            raise ValueError(f"row {spec.label!r} negates {k!r}, which its agent {spec.agent!r} does not have as a number")
+        out[k] = -out.get(k, default)
     return out
+
+
+def training_env(cfg: ExperimentConfig, spec: AgentSpec):
+    """The env row ``spec`` trains on: the common env, or its variant when the row declares one (``spec.env``);
+    every row is evaluated on the common env."""
+    if not spec.env:
+        return None
+    from .config import merge
+
+    return make_env(EnvConfig(**merge(dataclasses.asdict(cfg.env), spec.env)))
 
 
 def build_agent(cfg: ExperimentConfig, spec: AgentSpec, seed: int, reference=None, log=print):

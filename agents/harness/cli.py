@@ -124,6 +124,12 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--no-resume", action="store_true", help="start over even if OUT has a checkpoint")
     add_dry_run(t, "load and download nothing, write nothing")
 
+    tu = sub.add_parser("tune", help="the same grid (lr x each row's own scale) for every row, on tuning seeds; writes "
+                                     "the chosen settings (tuned.json) and the grid's table")
+    add_common(tu)
+    tu.add_argument("--out", required=True, help="output directory (re-running with the same one resumes)")
+    tu.add_argument("--agents", help="comma-separated rows to tune (default: the config's rows)")
+
     e = sub.add_parser("eval", help="per-turn win rate of a checkpoint against pi_0")
     add_common(e)
     e.add_argument("--checkpoint", required=True, help="a trainer/agent checkpoint directory or a Hugging Face model directory")
@@ -245,6 +251,16 @@ def cmd_eval(args, cfg: ExperimentConfig) -> int:
     return 0
 
 
+def cmd_tune(args, cfg: ExperimentConfig) -> int:
+    from .tune import run_tune
+
+    out = Path(args.out)
+    res = run_tune(cfg, out, progress=not args.no_progress)
+    print((out / "tuning.md").read_text())
+    print(f"[tune] chosen settings: {out / 'tuned.json'} (use them with --set tuned=@{out / 'tuned.json'})")
+    return 0 if res["chosen"] else 1
+
+
 def cmd_list(args, cfg=None) -> int:
     from ..base import agent_registry
 
@@ -268,7 +284,7 @@ def main(argv=None) -> int:
                 if spec.agent == "pi_0":
                     raise ValueError("pi_0 is the untrained reference; pick an agent to train (refuel, rebel, dpo, ppo, ...)")
                 cfg.agents = [spec]
-            if args.command in ("bench", "train"):
+            if args.command in ("bench", "train", "tune"):
                 check_agents(cfg)
                 if args.dry_run:
                     return dry_run(cfg, args.command, args.gpu_gib)
@@ -285,7 +301,8 @@ def main(argv=None) -> int:
     except ValueError:  # not the main thread: leave signals alone
         previous = None
     try:
-        return {"bench": cmd_bench, "train": cmd_train, "eval": cmd_eval, "list": cmd_list}[args.command](args, cfg)
+        return {"bench": cmd_bench, "train": cmd_train, "tune": cmd_tune, "eval": cmd_eval,
+                "list": cmd_list}[args.command](args, cfg)
     except KeyboardInterrupt:
         print("\n[refuel] interrupted; run the same command again to resume from what finished", file=sys.stderr)
         return 130

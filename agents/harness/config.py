@@ -107,12 +107,30 @@ class EvalConfig:
 
 
 @dataclass
+class TuneConfig:
+    """The grid of ``refuel tune`` (see :mod:`agents.harness.tune`): the same for every row."""
+
+    lr: list = field(default_factory=lambda: [3e-4, 1e-3])
+    """Learning rates tried for every row."""
+    scales: dict = field(default_factory=lambda: {"refuel": ["eta", [0.5, 2.0]], "rebel": ["eta", [0.5, 2.0]],
+                                                  "dpo": ["beta", [0.1, 0.5]], "ppo": ["clip_range", [0.1, 0.3]]})
+    """Each agent's own scale and the values tried: {agent: [option, [values]]}."""
+    seeds: list = field(default_factory=lambda: [100, 101])
+    """Training seeds of the grid (must differ from the comparison's)."""
+    eval_seed: int = 777
+    """Seed of the tuning evaluation set (must differ from ``eval.seed``)."""
+    eval_dialogues: int = 256
+    """Held-out dialogues per grid point and seed."""
+
+
+@dataclass
 class ExperimentConfig:
     """Everything a benchmark (or one training run) depends on. Identical for every row."""
 
     env: EnvConfig = field(default_factory=EnvConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     agents: list = field(default_factory=lambda: [copy.deepcopy(STANDARD_ROWS[r]) for r in DEFAULT_ROWS])
     """Rows: labels, registered agent names, or {"label", "agent", "options"} tables."""
     seeds: list = field(default_factory=lambda: [0, 1, 2])
@@ -129,6 +147,9 @@ class ExperimentConfig:
     agent_options: dict = field(default_factory=lambda: {"lr": 3e-4, "epochs": 2, "minibatch_size": 16,
                                                          "max_new_tokens": 24, "temperature": 1.0})
     """Options given to every agent whose config has them (lr, epochs, minibatch_size, ...)."""
+    tuned: dict = field(default_factory=dict)
+    """Tuned settings by row label (``refuel tune`` writes them): ``{"REFUEL": {"lr": 1e-3, "eta": 1.0}, ...}``;
+    a row without an entry uses ``agent_options``."""
     checkpoint_every: int = 1
     """Trainer checkpoints (latest kept) every this many iterations: an interrupted run resumes from there."""
     threads: int | None = None
@@ -140,6 +161,7 @@ class ExperimentConfig:
         self.env = self.env if isinstance(self.env, EnvConfig) else EnvConfig(**self.env)
         self.policy = self.policy if isinstance(self.policy, PolicyConfig) else PolicyConfig(**self.policy)
         self.eval = self.eval if isinstance(self.eval, EvalConfig) else EvalConfig(**self.eval)
+        self.tune = self.tune if isinstance(self.tune, TuneConfig) else TuneConfig(**self.tune)
         if isinstance(self.agents, str):
             self.agents = [a for a in self.agents.split(",") if a.strip()]
         self.agents = [agent_spec(a) for a in self.agents]
@@ -165,7 +187,7 @@ class ExperimentConfig:
         """Hash of everything a (row, seed) unit's result depends on apart from the row and seed: a re-run
         with the same ``--out`` reuses a finished unit only when this matches."""
         d = self.to_dict()
-        for k in ("agents", "seeds", "threads", "preset"):
+        for k in ("agents", "seeds", "threads", "preset", "tune"):
             d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -210,7 +232,8 @@ def _check_keys(d: dict, cls, where: str = "") -> None:
     for k, v in d.items():
         if k not in known:
             raise KeyError(f"unknown config key {where + k!r}; known at this level: {sorted(known)}")
-        sub = {"env": EnvConfig, "policy": PolicyConfig, "eval": EvalConfig}.get(k) if cls is ExperimentConfig else None
+        sub = {"env": EnvConfig, "policy": PolicyConfig, "eval": EvalConfig, "tune": TuneConfig}.get(k) \
+            if cls is ExperimentConfig else None
         if sub is not None and isinstance(v, dict):
             _check_keys(v, sub, where + k + ".")
 
@@ -235,7 +258,13 @@ def load_config(path: str | Path, base: ExperimentConfig | None = None) -> Exper
 
 
 def parse_value(text: str) -> Any:
-    """A command-line value: JSON when it parses (numbers, true/false/null, lists, tables), else the string."""
+    """A command-line value: JSON when it parses (numbers, true/false/null, lists, tables), ``@FILE`` for the JSON
+    content of a file (``--set tuned=@runs/tune/tuned.json``), else the string."""
+    if text.startswith("@"):
+        path = Path(text[1:])
+        if not path.is_file():
+            raise FileNotFoundError(f"{text}: no such file (``@FILE`` reads a JSON file)")
+        return json.loads(path.read_text())
     try:
         return json.loads(text)
     except json.JSONDecodeError:

@@ -2,9 +2,11 @@
 
 Protocol. The trained policy and pi_0 each hold ``n`` dialogues on held-out opening states
 (``split="eval"``), every one with horizon H_max, against the same user simulator with the same seeds:
-both sides draw their episode seeds (hidden goal, user and judge random states) and their per-turn
-sampling seeds from one ``numpy`` generator seeded with ``seed``, so dialogue i starts from the same
-state on both sides and turn t of both sides is sampled with the same seed. For each turn h = 1..H_max
+both sides draw their episode seeds (hidden goal, user and judge random states) from a ``numpy`` generator
+seeded with ``(seed, 0)`` and their per-turn sampling seeds from one seeded with ``(seed, 1)``, so dialogue i
+starts from the same state on both sides, turn t of both sides is sampled with the same seed, and the first k
+of n held-out dialogues are exactly the k dialogues of an evaluation with n = k (learning-curve points use such
+a prefix of the final evaluation's dialogues: the same protocol). For each turn h = 1..H_max
 the judge compares the two dialogues as they stood after turn h (``judge.compare`` on the state
 snapshots; a dialogue that ended earlier, e.g. by a correct guess, counts with its last state); ties
 count one half. The mean judge score per turn is reported for both sides.
@@ -94,8 +96,8 @@ def rollout(speaker: Any, env: Any, n: int, seed: int, params: SamplingParams = 
     H = int(horizon or eng.machine.max_turns)
     t0 = time.perf_counter()
     temp = float(params.temperature) if isinstance(speaker, Policy) else float("nan")
-    finals, snaps = eng.dialogues(n, speaker, np.random.default_rng(seed), params, split="eval", horizons=[H] * n,
-                                  snapshots=True)
+    finals, snaps = eng.dialogues(n, speaker, np.random.default_rng([seed, 0]), params, split="eval",
+                                  horizons=[H] * n, snapshots=True, sampling_rng=np.random.default_rng([seed, 1]))
     return Rollouts(finals, snaps, int(eng.stats["tokens_generated"]), time.perf_counter() - t0, seed, temp)
 
 

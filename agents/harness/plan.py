@@ -28,23 +28,24 @@ def horizon_probs(hmax: int, mode: Any) -> list[float]:
     return [1.0 if k == k0 else 0.0 for k in range(1, hmax + 1)]
 
 
-def pair_profile(n: int, hmax: int, last_turn: bool) -> list[tuple[str, float, float]]:
-    """Expected rows of each batched step of ``RolloutEngine.pairs``: (phase, speaker rows (= judge rows), user rows).
-    H ~ U{1..H_max} (the engine's own draw), h ~ U{1..H} (h = H for last-turn targets); no early endings."""
+def pair_profile(n: int, hmax: int, target: str, continuations: int = 1) -> list[tuple[str, float, float]]:
+    """Expected rows of each batched step of ``RolloutEngine.pairs``: (phase, speaker rows (= judge rows), user rows),
+    from the law of the engine's own draw of H and h; no early endings."""
     from ..engine.rollout import pair_turn_probabilities
 
-    dist = pair_turn_probabilities(hmax, last_turn)
+    dist = pair_turn_probabilities(hmax, target)
     steps = []
     for k in range(1, hmax):
         rows = n * sum(p for H, h, p in dist if h - 1 >= k)
         if rows > 0:
             steps.append((f"roll-in turn {k}", rows, rows))
     steps.append(("branch: 2 responses at turn h", 2 * n, 2 * n * sum(p for H, h, p in dist if H > h)))
-    if not last_turn:
+    if target != "last_turn":
+        w = 2 * n * continuations
         for k in range(1, hmax):
-            rows = 2 * n * sum(p for H, h, p in dist if H - h >= k)
+            rows = w * sum(p for H, h, p in dist if H - h >= k)
             if rows > 0:
-                steps.append((f"continuation turn h+{k}", rows, 2 * n * sum(p for H, h, p in dist if H - h > k)))
+                steps.append((f"continuation turn h+{k}", rows, w * sum(p for H, h, p in dist if H - h > k)))
     return steps
 
 
@@ -71,15 +72,19 @@ def row_plan(cfg: Any, spec: Any) -> list[str]:
               f"seeds {cfg.seeds}, {cfg.iterations} iteration(s)")]
     if issubclass(cls, PairAgent):
         conf = cls.Config(**{k: v for k, v in kw.items() if k in {f.name for f in dataclasses.fields(cls.Config)}})
-        last = conf.target == "last_turn"
+        target, k = conf.target, int(getattr(conf, "continuations", 1))
         rollin, responder = conf.rollin, conf.responder
-        steps = pair_profile(n, hmax, last)
-        speakers = {"roll-in": {"current": "policy", "reference": "pi_0", "offline": "scripted"}[rollin],
+        steps = pair_profile(n, hmax, target, k)
+        speakers = {"roll-in": {"current": "policy", "reference": "pi_0", "offline": "scripted", "none": "-"}[rollin],
                     "branch": "policy" if responder == "current" else "pi_0",
                     "continuation": "policy" if responder == "current" else "pi_0"}
+        how = {"last_turn": "h = H (last-turn target)",
+               "multi_turn": "h = 1, both branches continued to H (multi-turn target: whole dialogues)",
+               "relative_future": "h ~ U{1..H}, both branches continued to H"
+                                  + (f", {k} times each (Q-hat: their mean)" if k > 1 else "")}[target]
+        extra = f" + {2 * n * (k - 1):,} continuation copies" if k > 1 else ""
         lines.append(f"  per iteration: {n:,} pairs = {2 * n:,} dialogues ({n:,} started, rolled in to turn h and branched, "
-                     f"+ {n:,} second branches); H ~ U{{1..{hmax}}}, "
-                     + ("h = H (last-turn target)" if last else "h ~ U{1..H}, both branches continued to H"))
+                     f"+ {n:,} second branches{extra}); H ~ U{{1..{hmax}}}, {how}")
         seqs, steps_per_epoch = 2 * n, math.ceil(n / mb)
         micro = min(int(kw.get("micro_batch_size") or mb), mb)
         accumulation = f", {math.ceil(mb / micro)} accumulated micro-batches of {micro}" if micro < mb else ""

@@ -1,33 +1,58 @@
 """Presets: named starting points of an :class:`~agents.harness.config.ExperimentConfig`.
 
-``quick`` (minutes on a 2-core CPU), ``default`` (3 seeds), ``full`` (5 seeds, longer), and the REFUEL
-paper's setting on real models (``paper-ultrainteract``, ``paper-hh``).
+- ``comparison``: the benchmark that tests the paper's claim, on the built-in task's *planning* configuration
+  (pi_0's losses are in its questions, not its last turn): every paper row, the controls, 5 seeds, the tuned
+  settings of ``refuel tune`` (recorded in ``benchmarks/results/tuning/``). ``comparison-control``: the same on
+  the *execution* configuration (pi_0's errors are at the last turn, where last-turn methods should do as well).
+- ``quick``: a few rows on one seed in minutes on a 2-core CPU (``make bench``); ``default`` (3 seeds) and
+  ``full`` (5 seeds, longer; for GPUs) run the same rows as the comparison.
+- ``paper-ultrainteract``, ``paper-hh``: the REFUEL paper's setting on real models.
 """
 
 from __future__ import annotations
 
-from .config import EnvConfig, EvalConfig, ExperimentConfig, PolicyConfig
+from .config import EnvConfig, EvalConfig, ExperimentConfig, PolicyConfig, TuneConfig
+from .rows import PAPER_ROWS
+
+PLANNING_TASK = {"n_items": 8, "noise": 0.0, "demo_epsilon": 0.5, "demo_final_error": 0.0}
+"""The guess-item configuration whose gap is planning: pi_0's demonstrator guesses before it is asked on half of its
+question turns and never errs on the last turn."""
+EXECUTION_TASK = {"n_items": 8, "noise": 0.0, "demo_epsilon": 0.0, "demo_final_error": 0.5}
+"""The control configuration: the demonstrator plans perfectly and names a wrong animal on half of its last turns."""
+COMPARISON_OPTIONS = {"lr": 1e-3, "epochs": 2, "minibatch_size": 16, "max_new_tokens": 24, "temperature": 1.0}
+TUNED: dict = {}
+"""The settings ``refuel tune --preset comparison`` chose (benchmarks/results/tuning/tuned.json)."""
+
+
+def _comparison(task: dict, name: str) -> ExperimentConfig:
+    return ExperimentConfig(
+        preset=name, env=EnvConfig(task_kwargs=dict(task), max_turns=4), agents=list(PAPER_ROWS),
+        seeds=[0, 1, 2, 3, 4], iterations=16, pairs_per_iteration=32,
+        eval=EvalConfig(n_dialogues=512, curve_every=4, curve_n_dialogues=128, examples=24, bootstrap=2000),
+        tune=TuneConfig(lr=[3e-4, 1e-3], seeds=[100, 101], eval_seed=777, eval_dialogues=256),
+        agent_options=dict(COMPARISON_OPTIONS), tuned=dict(TUNED), threads=2)
 
 def _quick() -> ExperimentConfig:
-    # Sized by measurement on the 2-core CPU this was built on (see benchmarks/bench_memory.py): the library's
-    # default pi_0 (built and cached on first use, ~3 min) + 5 trained rows + evaluation in well under 10 min.
-    return ExperimentConfig(
-        preset="quick", seeds=[0], iterations=10, pairs_per_iteration=32,
-        eval=EvalConfig(n_dialogues=128, curve_every=2, curve_n_dialogues=64, examples=2, bootstrap=1000),
-        agent_options={"lr": 3e-4, "epochs": 2, "minibatch_size": 16, "max_new_tokens": 24, "temperature": 1.0},
-        threads=2)
+    cfg = _comparison(PLANNING_TASK, "quick")
+    cfg.agents = ["pi_0", "EXPERT", "POSITIVE-CONTROL", "NEGATIVE-CONTROL", "REFUEL", "REBEL-LT-MIXED", "REBEL-MT",
+                  "DPO-LT-MIXED", "PPO"]
+    cfg.__post_init__()
+    cfg.seeds, cfg.iterations = [0], 10
+    cfg.eval = EvalConfig(n_dialogues=256, curve_every=5, curve_n_dialogues=64, examples=8, bootstrap=1000)
+    return cfg
 
 
 def _default() -> ExperimentConfig:
-    return ExperimentConfig(preset="default", seeds=[0, 1, 2], iterations=12, pairs_per_iteration=48,
-                            eval=EvalConfig(n_dialogues=128, curve_every=2, curve_n_dialogues=64))
+    cfg = _comparison(PLANNING_TASK, "default")
+    cfg.seeds = [0, 1, 2]
+    return cfg
 
 
 def _full() -> ExperimentConfig:
-    return ExperimentConfig(preset="full", seeds=[0, 1, 2, 3, 4], iterations=60, pairs_per_iteration=128,
-                            eval=EvalConfig(n_dialogues=512, curve_every=5, curve_n_dialogues=128, examples=5),
-                            agent_options={"lr": 1e-4, "epochs": 2, "minibatch_size": 32, "max_new_tokens": 24,
-                                           "temperature": 1.0})
+    cfg = _comparison(PLANNING_TASK, "full")
+    cfg.iterations, cfg.pairs_per_iteration, cfg.threads = 60, 128, None
+    cfg.eval = EvalConfig(n_dialogues=1024, curve_every=10, curve_n_dialogues=256, examples=24)
+    return cfg
 
 
 PAPER_POLICY = "meta-llama/Meta-Llama-3-8B-Instruct"
@@ -89,6 +114,8 @@ def _paper(prompts: str = "ultrainteract") -> ExperimentConfig:
 
 
 PRESETS = {"quick": _quick, "default": _default, "full": _full,
+           "comparison": lambda: _comparison(PLANNING_TASK, "comparison"),
+           "comparison-control": lambda: _comparison(EXECUTION_TASK, "comparison-control"),
            "paper-ultrainteract": lambda: _paper("ultrainteract"), "paper-hh": lambda: _paper("hh")}
 
 

@@ -1,7 +1,7 @@
-"""Benchmark reports: Markdown tables, JSON, PNG plots (matplotlib, Agg back end).
+"""Benchmark reports: Markdown tables, JSON, and the PNG plots of :mod:`agents.harness.plots`.
 
-``write_report(results, out)`` writes ``report.md``, ``results.json``, ``learning_curves.png`` and
-``win_rates.png``; :func:`win_rate_table` and :func:`budget_table` give the Markdown tables alone.
+``write_report(results, out)`` writes ``report.md``, ``results.json``, ``learning_curves.png``, ``win_rates.png``
+and ``paired.png``; :func:`win_rate_table` and :func:`budget_table` give the Markdown tables alone.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .plots import plot_learning_curves, plot_paired, plot_win_rates
 
 
 def _pct(x: float | None) -> str:
@@ -84,82 +86,71 @@ def budget_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-# ------------------------------------------------------------------------------------------------ plots
-def plot_learning_curves(results: dict, path: Path) -> bool:
-    """Judge score at the final turn (held-out) against dialogues sampled, per row: seeds faint, mean bold."""
-    import matplotlib
+def paired_table(results: dict) -> str:
+    """REFUEL minus each other row per turn (percentage points of win rate against pi_0), paired, with 95% CIs."""
+    diffs = {b: d for b, d in (results.get("paired", {}).get("REFUEL") or {}).items() if d}
+    if not diffs:
+        return ""
+    turns = results["turns"]
+    lines = ["| REFUEL minus | " + " | ".join(f"h = {h}" for h in turns) + " | growth h=1 to H |",
+             "|---|" + "---|" * (len(turns) + 1)]
+    for b, d in diffs.items():
+        cells = [_cell(m, ci) for m, ci in zip(d["wins"]["mean"], d["wins"]["ci"])]
+        lines.append(f"| {b} | " + " | ".join(cells) + f" | {_cell(d['growth']['mean'], d['growth']['ci'])} |")
+    return "\n".join(lines)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    drawn = False
-    for i, row in enumerate(results["rows"]):
-        curves = [c["points"] for c in row.get("curves", []) if c.get("points")]
-        if not curves:
+def decomposition_table(results: dict) -> str:
+    """Planning (score after turn H-1), final score, execution loss, and the share of pi_0's gap to the expert closed."""
+    lines = ["| Method | planning: score after turn H-1 | final score (turn H) | execution loss | gap to EXPERT closed |",
+             "|---|---|---|---|---|"]
+    for r in results["rows"]:
+        d = r.get("decomposition")
+        if not d:
             continue
-        color = f"C{i % 10}"
-        for pts in curves:
-            ax.plot([p["dialogues"] for p in pts], [p["eval/score"] for p in pts], color=color, alpha=0.25, lw=1)
-        n = min(len(p) for p in curves)
-        x = np.mean([[p["dialogues"] for p in pts[:n]] for pts in curves], 0)
-        y = np.mean([[p["eval/score"] for p in pts[:n]] for pts in curves], 0)
-        ax.plot(x, y, color=color, lw=2, marker="o", ms=3, label=row["label"], ls=("-", "--", ":", "-.")[(i // 10) % 4])
-        drawn = True
-    ax.set_xlabel("dialogues sampled")
-    ax.set_ylabel("judge score at the final turn (held-out)")
-    ax.set_title("Learning curves (0 dialogues = pi_0; mean over seeds, seeds faint)")
-    ax.grid(alpha=0.3)
-    if drawn:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return drawn
+        gap = d.get("gap_closed")
+        lines.append(f"| {r['label']} | {d['planning']:.3f} [{d['planning_ci'][0]:.3f}, {d['planning_ci'][1]:.3f}] | "
+                     f"{d['final']:.3f} [{d['final_ci'][0]:.3f}, {d['final_ci'][1]:.3f}] | "
+                     f"{d['execution_loss']:+.3f} [{d['execution_loss_ci'][0]:+.3f}, {d['execution_loss_ci'][1]:+.3f}] | "
+                     f"{'n/a' if gap is None or not math.isfinite(gap) else f'{100 * gap:.0f}%'} |")
+    return "\n".join(lines)
 
 
-def _yerr(values: np.ndarray, ci) -> np.ndarray:
-    """Matplotlib error bars (below, above) from [low, high] intervals."""
-    ci = np.asarray(ci, dtype=float)
-    return np.vstack([values - ci[:, 0], ci[:, 1] - values]).clip(min=0)
+def signal_table(results: dict) -> str:
+    """Per pair row and branching turn h: pairs drawn, the share kept, the share with a return difference."""
+    rows = [r for r in results["rows"] if r.get("signal")]
+    if not rows:
+        return ""
+    turns = results["turns"]
+    lines = ["| Method | " + " | ".join(f"h = {h}: drawn / kept / signal" for h in turns) + " |",
+             "|---|" + "---|" * len(turns)]
+    for r in rows:
+        cells = []
+        for h in turns:
+            t = r["signal"].get(str(h), {})
+            cells.append("-" if not t.get("drawn") else
+                         f"{t['drawn']} / {100 * t['kept_share']:.0f}% / {100 * t['signal_share']:.0f}%")
+        lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
-def plot_win_rates(results: dict, path: Path) -> bool:
-    """Per-turn win rate against pi_0 with 95% CIs, and mean judge score per turn."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    turns = np.asarray(results["turns"])
-    rows = [r for r in results["rows"] if "win_rate" in r]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    width = 0.8 / max(1, len(rows))
-    for i, row in enumerate(rows):
-        x = turns + (i - (len(rows) - 1) / 2) * width
-        w = np.asarray(row["win_rate"])
-        a1.bar(x, w, width=width, yerr=_yerr(w, row["win_ci"]), capsize=2, color=f"C{i % 10}", label=row["label"])
-        s = np.asarray(row["score"])
-        a2.errorbar(turns, s, yerr=_yerr(s, row["score_ci"]), marker="o", capsize=3,
-                    color=f"C{i % 10}", label=row["label"])
-    a1.axhline(0.5, color="k", ls="--", lw=1)
-    a1.set_xticks(turns)
-    a1.set_xlabel("turn h")
-    a1.set_ylabel("win rate against pi_0")
-    a1.set_ylim(0, 1)
-    a1.set_title("Win rate vs pi_0 per turn (95% CI)")
-    a2.set_xticks(turns)
-    a2.set_xlabel("turn h")
-    a2.set_ylabel("mean judge score")
-    a2.set_title("Mean judge score per turn (95% CI)")
-    for a in (a1, a2):
-        a.grid(alpha=0.3)
-        if rows:
-            a.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return bool(rows)
+def differing_examples(results: dict, limit: int = 2) -> list[str]:
+    """Held-out dialogues on which REFUEL and another row ended differently at the final turn (the same dialogue:
+    same opening, hidden goal and seeds), side by side."""
+    rows = {r["label"]: r for r in results["rows"]}
+    mine = (rows.get("REFUEL") or {}).get("examples") or []
+    out = []
+    for label, row in rows.items():
+        if label == "REFUEL" or not row.get("examples"):
+            continue
+        shown = 0
+        for a, b in zip(mine, row["examples"]):
+            if shown >= limit or a["policy"]["scores"][-1:] == b["policy"]["scores"][-1:]:
+                continue
+            out += [f"### REFUEL vs {label} (held-out dialogue with goal `{a['policy']['goal']}`)", "",
+                    "**REFUEL**", "", _dialogue_md(a["policy"]), "", f"**{label}**", "", _dialogue_md(b["policy"]), ""]
+            shown += 1
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -179,20 +170,44 @@ def markdown_report(results: dict) -> str:
     parts = [f"# refuel-env benchmark{' (' + cfg['preset'] + ' preset)' if cfg.get('preset') else ''}", ""]
     if results.get("interrupted"):
         parts += ["**Interrupted**: this report covers the units that finished; re-run the same command to resume.", ""]
+    env = cfg["env"]
+    told = "states H in its opening" if env["task_kwargs"].get("tell_horizon") else (
+        "is not told H: the user asks for the final answer on the last turn, as in the paper")
     parts += [f"Created {results.get('created', '')}; total wall time {results.get('wall_seconds', float('nan')):.0f} s. "
-              f"Task `{cfg['env']['task']}` ({json.dumps(cfg['env']['task_kwargs'])}), H_max = {cfg['env']['max_turns']}, "
-              f"training horizons `{cfg['env']['horizon']}`; seeds {seeds}; {cfg['iterations']} iterations per agent, "
-              f"{cfg['pairs_per_iteration']} pairs (= {2 * cfg['pairs_per_iteration']} dialogues) per iteration for pair "
-              f"agents, {cfg.get('ppo_dialogues_per_iteration') or 2 * cfg['pairs_per_iteration']} dialogues per "
-              "iteration for PPO and other whole-dialogue agents.", "",
-              "## Win rate against pi_0 per turn (%)", "",
-              f"Each policy and pi_0 hold {ev['n_dialogues']} held-out dialogues (split `eval`, horizon H_max) with the "
-              f"same user and the same seeds (eval seed {ev['seed']}); decoding is sampled at temperature {temp} on both "
-              "sides. The judge compares the two dialogues after turn h (a dialogue that ended earlier counts with its "
-              "last state); ties count one half. Mean over seeds, with 95% hierarchical bootstrap CIs (seeds, then "
-              "dialogues).", "", win_rate_table(results), "",
-              "![win rates](win_rates.png)", "",
-              "## Mean judge score per turn", "", score_table(results), "",
+              f"Task `{env['task']}` ({json.dumps(env['task_kwargs'])}), H_max = {env['max_turns']}; the policy {told}. "
+              f"Training horizons `{env['horizon']}` (the paper: H ~ U{{1..H_max}}); seeds {seeds}; {cfg['iterations']} "
+              f"iterations per agent, {cfg['pairs_per_iteration']} pairs (= {2 * cfg['pairs_per_iteration']} dialogues) "
+              f"per iteration for pair agents, {cfg.get('ppo_dialogues_per_iteration') or 2 * cfg['pairs_per_iteration']} "
+              "dialogues per iteration for PPO and other whole-dialogue agents."
+              + (f" Tuned settings (`refuel tune`): {json.dumps(cfg['tuned'])}." if cfg.get("tuned") else ""), ""]
+    if results.get("verdict"):
+        parts += ["## Verdict", "", *[f"- {v}" for v in results["verdict"]], "",
+                  f"The 95% intervals of the final-turn win rates have a mean half-width of "
+                  f"{_pct(results.get('final_turn_half_width'))} points: the smallest effect this run can detect.", ""]
+    parts += ["## Win rate against pi_0 per turn (%)", "",
+              f"Each policy and pi_0 hold {ev['n_dialogues']} held-out dialogues (split `eval`, every one with horizon "
+              f"H = H_max = {env['max_turns']}) with the same user and the same seeds (eval seed {ev['seed']}); decoding "
+              f"is sampled at temperature {temp} on both sides. The judge compares the two dialogues after turn h (a "
+              "dialogue that ended earlier counts with its last state); ties count one half. Mean over seeds, with 95% "
+              "hierarchical bootstrap CIs (seeds, then dialogues).", "", win_rate_table(results), "",
+              "![win rates](win_rates.png)", ""]
+    if paired_table(results):
+        parts += ["## REFUEL against each row (paired, percentage points)", "",
+                  "The difference of win rates against pi_0 on the same held-out dialogues and training seeds, per turn, "
+                  "and its growth from turn 1 to the final turn; 95% hierarchical bootstrap intervals.", "",
+                  paired_table(results), "", "![paired](paired.png)", ""]
+    if decomposition_table(results):
+        parts += ["## Planning and execution", "",
+                  "Planning: the best final score reachable from the first H-1 turns (the judge's score after turn H-1: "
+                  "the probability that the best guess would be right). Execution loss: planning minus the final score "
+                  "(what the last turn lost). Gap closed: (final - pi_0's final) / (EXPERT's final - pi_0's final).", "",
+                  decomposition_table(results), ""]
+    if signal_table(results):
+        parts += ["## Learning signal of the pairs", "",
+                  "Per branching turn h, summed over seeds and iterations: pairs drawn, the share kept (distinct "
+                  "responses, finite returns, and for DPO a winner), and the share with a return difference.", "",
+                  signal_table(results), ""]
+    parts += ["## Mean judge score per turn", "", score_table(results), "",
               f"pi_0's own mean judge score per turn: "
               f"{', '.join(f'{s:.3f}' for s in (results.get('reference') or {}).get('score') or []) or 'n/a'}.", "",
               "## Budget (mean per seed)", "", budget_table(results), "",
@@ -206,15 +221,9 @@ def markdown_report(results: dict) -> str:
         for r in failed:
             parts += [f"- **{r['label']}** ({r['agent']}): " + "; ".join(r["errors"])]
         parts += [""]
-    parts += ["## Example dialogues at the final turn", ""]
-    for r in results["rows"]:
-        exs = r.get("examples") or []
-        if not exs:
-            continue
-        parts += [f"### {r['label']}", ""]
-        for i, ex in enumerate(exs, 1):
-            parts += [f"Example {i} (win against pi_0 at the final turn: {ex['win_final_turn']:.1f})", "",
-                      _dialogue_md(ex["policy"]), ""]
+    examples = differing_examples(results)
+    if examples:
+        parts += ["## Example dialogues where REFUEL and another row differ at the final turn", "", *examples]
     parts += ["## Configuration", "", "```json", json.dumps(cfg, indent=2), "```", "",
               "## Package versions", "", "```json", json.dumps(results.get("versions", {}), indent=2), "```", ""]
     return "\n".join(parts)
@@ -240,12 +249,13 @@ def write_report(results: dict, out: str | Path) -> dict[str, Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"results": out / "results.json", "report": out / "report.md",
-             "learning_curves": out / "learning_curves.png", "win_rates": out / "win_rates.png"}
+             "learning_curves": out / "learning_curves.png", "win_rates": out / "win_rates.png",
+             "paired": out / "paired.png"}
     tmp = paths["results"].with_suffix(".json.tmp")
     tmp.write_text(json.dumps(json_clean(results), indent=2, default=str, allow_nan=False))
     os.replace(tmp, paths["results"])
     paths["report"].write_text(markdown_report(results))
-    for key, plot in (("learning_curves", plot_learning_curves), ("win_rates", plot_win_rates)):
+    for key, plot in (("learning_curves", plot_learning_curves), ("win_rates", plot_win_rates), ("paired", plot_paired)):
         try:
             plot(results, paths[key])
         except Exception as e:  # a broken plot must not cost the tables
@@ -256,5 +266,7 @@ def write_report(results: dict, out: str | Path) -> dict[str, Path]:
 def print_summary(results: dict, file: Any = None) -> None:
     print("\nWin rate against pi_0 per turn (%), mean over seeds [95% CI]\n", file=file)
     print(win_rate_table(results), file=file)
+    for v in results.get("verdict") or []:
+        print(f"- {v}", file=file)
     print("\nBudget (mean per seed)\n", file=file)
     print(budget_table(results), file=file)

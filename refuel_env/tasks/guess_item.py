@@ -3,7 +3,9 @@
 The user hides an animal from a catalogue; the assistant has H turns. On turns 1..H-1 it may ask
 yes/no questions about one attribute (the user answers, wrong with probability ``noise``) or guess
 an item (a correct guess ends the dialogue with score 1). On turn H the user asks for a final guess,
-and the judge gives 1 for a correct one, 0 otherwise.
+and the judge gives 1 for a correct one, 0 otherwise. As in the REFUEL paper, the assistant is not told
+H: the user signals the last turn only by asking for the final guess in it (``tell_horizon=True`` states
+H in the opening instead).
 
 The judge's score after an earlier turn h < H is the probability that the best guess *now* would be
 right (the largest posterior probability of an item given the answers so far), so that per-turn
@@ -66,6 +68,8 @@ NO = ("No.", "No, it isn't.", "Nope.", "No, not at all.")
 UNCLEAR = "I don't understand. Please ask a yes/no question about one attribute, or guess an animal."
 TOO_MANY = "Please ask about one attribute at a time."
 FINAL = "Now please make your final guess."
+OPENING = "I am thinking of one of these animals: {items}."
+ASK = "Ask yes/no questions about one attribute at a time; I will tell you when to make your final guess."
 WRONG = "No, it is not a {item}."
 RIGHT = "Yes! It is a {item}. You got it."
 POSSIBLE = "Still possible: {items}."
@@ -89,6 +93,14 @@ class GuessItemTask:
             ("Still possible: shark, whale."), as a game host would. Planning still decides the score
             (which question halves the list, and not guessing before the last turn), but the final guess
             needs no inference from the answers, which a small model learns only slowly.
+        tell_horizon: state H in the opening message (the paper's policy is never told H; default False).
+        demo_epsilon: the offline data's behaviour policy (the scripted *demonstrator*, whose dialogues are
+            this task's offline dataset and pi_0's supervised data) guesses prematurely with this probability
+            on each turn before the last: a planning flaw.
+        demo_final_error: the demonstrator's final guess is a uniformly drawn other animal with this
+            probability: an execution flaw (the control configuration of the benchmark).
+        graded: the judge's final score is the probability that the final guess is right given the answers
+            (the posterior of the guessed animal) instead of 1 or 0: the same expectation, less variance.
 
     Train and eval episodes (``split``) come from disjoint seed streams of the same distribution (the env
     seeds them apart): the hidden item and the user's random state differ, but the opening text depends
@@ -98,7 +110,8 @@ class GuessItemTask:
     task_id = "guess-item-v0"
 
     def __init__(self, n_items: int = 8, max_turns: int = 4, noise: float = 0.0, phrasing: str = "varied",
-                 reveal_candidates: bool = True):
+                 reveal_candidates: bool = True, tell_horizon: bool = False, demo_epsilon: float = 0.3,
+                 demo_final_error: float = 0.0, graded: bool = False):
         if not 2 <= n_items <= len(CATALOGUE):
             raise ValueError(f"n_items must be in 2..{len(CATALOGUE)}, got {n_items}")
         if max_turns < 1:
@@ -107,8 +120,12 @@ class GuessItemTask:
             raise ValueError(f"noise must be in [0, 0.5), got {noise}")
         if phrasing not in ("varied", "fixed"):
             raise ValueError(f"phrasing must be 'varied' or 'fixed', got {phrasing!r}")
+        for name, v in (("demo_epsilon", demo_epsilon), ("demo_final_error", demo_final_error)):
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {v}")
         self.n_items, self.max_turns, self.noise, self.phrasing = n_items, max_turns, noise, phrasing
-        self.reveal_candidates = bool(reveal_candidates)
+        self.reveal_candidates, self.tell_horizon, self.graded = bool(reveal_candidates), bool(tell_horizon), bool(graded)
+        self.demo_epsilon, self.demo_final_error = float(demo_epsilon), float(demo_final_error)
         self.items: tuple[str, ...] = tuple(list(CATALOGUE)[:n_items])
         self.table = np.array([CATALOGUE[i] for i in self.items], dtype=bool)  # [items, attributes]
         self._item_re = re.compile(r"\b(" + "|".join(sorted(CATALOGUE, key=len, reverse=True)) + r")s?\b")
@@ -119,9 +136,20 @@ class GuessItemTask:
 
     # ----------------------------------------------------------------- episodes
     def opening(self, horizon: int) -> str:
-        turns = "1 turn: make your guess now" if horizon == 1 else (
-            f"{horizon} turns: ask yes/no questions about one attribute at a time, and guess on turn {horizon}")
-        return f"I am thinking of one of these animals: {', '.join(self.items)}. You have {turns}."
+        """The user's first message: the catalogue, and how the game goes (H itself only with ``tell_horizon``);
+        with H = 1 it already asks for the final guess."""
+        items = OPENING.format(items=", ".join(self.items))
+        if self.tell_horizon:
+            turns = "1 turn: make your guess now" if horizon == 1 else (
+                f"{horizon} turns: ask yes/no questions about one attribute at a time, and guess on turn {horizon}")
+            return f"{items} You have {turns}."
+        return f"{items} {FINAL}" if horizon == 1 else f"{items} {ASK}"
+
+    @staticmethod
+    def is_final_turn(messages: Conversation) -> bool:
+        """Whether the user asked for the final guess in its last message (the assistant's next turn is turn H)."""
+        last = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        return FINAL in last or bool(re.search(r"You have 1 turn\b", last))
 
     def new_episode(self, rng: np.random.Generator, horizon: int, split: str = "train") -> tuple[Conversation, Any, dict]:
         goal = self.items[int(rng.integers(self.n_items))]
@@ -214,6 +242,13 @@ class GuessItemTask:
     def make_rule_judge(self, **kwargs) -> "GuessItemJudge":
         return GuessItemJudge(self, **kwargs)
 
+    def expert_speaker(self, seed: int | None = None):
+        """A policy known to be good: the scripted *informative* questioner (it identifies the animal with the
+        fewest questions and guesses only when asked)."""
+        from .guess_item_players import ScriptedQuestioner
+
+        return ScriptedQuestioner(self, "informative", seed=seed)
+
     def make_backend(self, role: str) -> None:
         """The scripted user and the rule judge need no text-generation back end."""
         return None
@@ -223,7 +258,8 @@ class GuessItemTask:
         imitates (:mod:`refuel_env.tasks.guess_item_players`)."""
         from .guess_item_players import ScriptedQuestioner
 
-        return ScriptedQuestioner(self, "demonstrator", seed=seed)
+        return ScriptedQuestioner(self, "demonstrator", epsilon=self.demo_epsilon, final_error=self.demo_final_error,
+                                  seed=seed)
 
 
 class GuessItemUser:
@@ -275,7 +311,13 @@ class GuessItemJudge:
     def _one(self, s: DialogueState) -> JudgeScore:
         p = self.task.parse(s.last_assistant)
         guessed = p.kind == "guess" and p.key == s.goal
-        if guessed or s.memory.get("solved"):
+        if s.memory.get("solved"):  # an earlier turn's correct guess ended the dialogue
+            value, how = 1.0, "correct guess"
+        elif s.turn >= s.horizon and self.task.graded:  # the final guess is not told apart: its expected score
+            post = self.task.posterior(s.memory["facts"])
+            value = float(post[self.task.items.index(p.key)]) if p.kind == "guess" and p.key in self.task.items else 0.0
+            how = "final guess: its posterior probability (graded)"
+        elif guessed:
             value, how = 1.0, "correct guess"
         elif s.turn >= s.horizon:
             value, how = 0.0, "final turn without a correct guess"

@@ -234,6 +234,11 @@ class OpenChatTask:
         raise ValueError("task open-chat-v0 has no offline dialogues for rollin='offline'; use rollin='reference' "
                          "(contexts rolled in by pi_0, the paper's LT-MIXED) or 'current'")
 
+    def expert_speaker(self, seed: int | None = None):
+        """Open chat has no scripted expert."""
+        raise ValueError("task open-chat-v0 has no expert speaker: the benchmark's positive control and upper "
+                         "reference need a task that has one (guess-item-v0)")
+
     def make_scripted_user(self, **kwargs: Any):
         """The task's own user: the LLM user (open chat has no scripted user)."""
         from ..users.llm_user import LLMUser

@@ -1,0 +1,147 @@
+"""The benchmark's rows are declared configurations: each one's data source, responder, target and trained tokens,
+the refusal of contradictory rows, and the protocol of the paper (the policy is not told H)."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import refuel_env  # noqa: F401
+from agents import make_agent
+from agents.harness.build import agent_kwargs
+from agents.harness.config import ExperimentConfig
+from agents.harness.rows import PAPER_ROWS, STANDARD_ROWS, agent_spec
+from refuel_env import SamplingParams
+from refuel_env.core import DialogueMachine
+from refuel_env.tasks.guess_item import FINAL
+
+PAIR_ROWS = {  # label: (agent, rollin, responder, target)
+    "REFUEL": ("refuel", "current", "current", "relative_future"),
+    "REBEL-LT-OFFLINE": ("rebel", "offline", "current", "last_turn"),
+    "REBEL-LT-MIXED": ("rebel", "reference", "current", "last_turn"),
+    "REBEL-MT": ("rebel", "none", "current", "multi_turn"),
+    "DPO-LT-OFFLINE": ("dpo", "offline", "current", "last_turn"),
+    "DPO-LT-MIXED": ("dpo", "reference", "current", "last_turn"),
+    "DPO-MT": ("dpo", "none", "current", "multi_turn"),
+    "DPO-ONLINE": ("dpo", "current", "current", "last_turn"),
+}
+
+
+@pytest.fixture(scope="module")
+def env():
+    return gym.make_vec("RefuelDialogue-v0", num_envs=1, max_turns=3)
+
+
+@pytest.mark.parametrize("label", list(PAIR_ROWS))
+def test_each_paper_row_declares_its_data_source_responder_and_target(label, tiny_reference):
+    agent_name, rollin, responder, target = PAIR_ROWS[label]
+    spec = agent_spec(label)
+    kw = agent_kwargs(ExperimentConfig(agents=[label]), spec, seed=0)
+    agent = make_agent(spec.agent, policy=tiny_reference, **kw)
+    c = agent.config
+    assert (spec.agent, c.rollin, c.responder, c.target) == (agent_name, rollin, responder, target)
+    assert type(agent).anchor == ("pi_ref" if agent_name == "dpo" else "pi_t")
+
+
+def test_the_comparison_has_the_papers_rows_controls_and_references():
+    assert set(PAPER_ROWS) >= {"pi_0", "EXPERT", "POSITIVE-CONTROL", "NEGATIVE-CONTROL", "PPO", *PAIR_ROWS}
+    neg = agent_kwargs(ExperimentConfig(agents=["NEGATIVE-CONTROL"], tuned={"REFUEL": {"eta": 2.0, "lr": 1e-3}}),
+                       agent_spec("NEGATIVE-CONTROL"), seed=0)
+    assert neg["eta"] == -2.0 and neg["lr"] == 1e-3  # REFUEL's tuned settings, its target negated
+    assert agent_spec("POSITIVE-CONTROL").agent == "sft" and agent_spec("EXPERT").agent == "expert"
+    graded = agent_spec("REFUEL-GRADED")
+    assert graded.env == {"task_kwargs": {"graded": True}} and graded.label != "REFUEL"
+
+
+@pytest.mark.parametrize("options, words", [
+    ({"target": "multi_turn"}, "contradict"),  # a multi-turn pair has no roll-in
+    ({"rollin": "none"}, "contradict"),
+    ({"continuations": 3, "target": "last_turn"}, "no continuation"),
+    ({"continuations": 0}, "continuations must be"),
+    ({"rollin": "dataset"}, "rollin must be one of"),
+    ({"temperature": 0.0}, "identical"),
+])
+def test_contradictory_rows_are_refused_with_a_clear_message(options, words, tiny_reference):
+    with pytest.raises(ValueError, match=words):
+        make_agent("refuel", policy=tiny_reference, **options)
+
+
+def test_a_row_table_with_an_unknown_key_is_refused():
+    with pytest.raises(ValueError, match="row table takes"):
+        agent_spec({"agent": "refuel", "optoins": {}})
+
+
+def test_multi_turn_pairs_train_every_assistant_turn_of_two_whole_dialogues(env, tiny_reference):
+    agent = make_agent("rebel", policy=tiny_reference, batch_size=12, target="multi_turn", rollin="none", seed=3)
+    batch = agent.collect(env)
+    assert len(batch) > 0 and batch.stats["turn1/drawn"] == 12 and not any(k.startswith("turn2") for k in batch.stats)
+    d, n = batch.data, len(batch)
+    tok = agent.policy.tokenizer
+    for i in range(n):
+        ctx, (a, b) = d["contexts"][i], d["responses"][i]
+        assert len(ctx) == 1 and ctx[0]["role"] == "user"  # branched at the opening
+        for row, resp in ((i, a), (i + n, b)):
+            trained = tok.decode(d["enc"].input_ids[row][d["enc"].turn_mask[row].bool()])
+            turns = [m["content"] for m in resp if m["role"] == "assistant"]
+            assert trained.count("<|im_end|>") == len(turns) >= 1  # every assistant turn, each with its end token
+            assert all(t in trained for t in turns) and not any(m["content"] in trained for m in resp if m["role"] == "user")
+
+
+def test_continuations_average_several_futures_of_each_branch(env, tiny_reference):
+    one = make_agent("refuel", policy=tiny_reference, batch_size=8, seed=5).collect(env)
+    four = make_agent("refuel", policy=tiny_reference, batch_size=8, seed=5, continuations=4).collect(env)
+    assert four.stats["dialogues"] > one.stats["dialogues"]
+    returns = four.data["returns"].numpy()
+    assert np.all((returns >= 0) & (returns <= 1))
+    roots = 8 - four.stats["ended_before_branch"]  # 8 started, a second branch each, 3 more futures per branch
+    assert four.stats["dialogues"] == 8 + roots + 2 * roots * 3
+
+
+def test_the_policy_is_not_told_the_horizon_and_learns_the_last_turn_from_the_user():
+    m = DialogueMachine(max_turns=4, horizon="fixed")
+    s = m.new_state(0)
+    assert not any(ch.isdigit() for ch in s.messages[0]["content"])  # nothing says how many turns there are
+    assert not m.task.is_final_turn(s.messages)
+    for t in range(3):
+        m.step([s], ["Is it a mammal?" if t == 0 else "Does it live in water?" if t == 1 else "Is it bigger than a person?"])
+    assert FINAL in s.messages[-1]["content"] and m.task.is_final_turn(s.messages)
+    one = m.new_state(1, {"horizon": 1})
+    assert m.task.is_final_turn(one.messages)  # H = 1: the opening itself asks for the final guess
+    told = DialogueMachine(max_turns=4, horizon="fixed", task_kwargs={"tell_horizon": True}).new_state(0)
+    assert "You have 4 turns" in told.messages[0]["content"]
+
+
+def test_graded_judge_scores_the_final_guess_by_its_posterior():
+    m = DialogueMachine(max_turns=2, horizon="fixed", task_kwargs={"graded": True, "n_items": 8})
+    s = m.new_state(0, {"goal": "whale"})
+    m.step([s], ["Is it a mammal?"])  # yes: whale, horse, otter, cat remain
+    (r,) = m.step([s], ["Is it a horse?"])
+    assert r.reward == pytest.approx(0.25)  # wrong, but a quarter of the remaining mass
+    b = DialogueMachine(max_turns=2, horizon="fixed", task_kwargs={"n_items": 8})
+    s = b.new_state(0, {"goal": "whale"})
+    b.step([s], ["Is it a mammal?"])
+    assert b.step([s], ["Is it a horse?"])[0].reward == 0.0
+
+
+def test_expert_and_demonstrator_are_the_tasks_own_speakers():
+    m = DialogueMachine(max_turns=4, horizon="fixed", task_kwargs={"demo_epsilon": 1.0, "demo_final_error": 1.0})
+    demo, expert = m.task.offline_speaker(seed=0), m.task.expert_speaker(seed=0)
+    s = m.new_state(3)
+    assert m.task.parse(demo.act([s.messages])[0]).kind == "guess"  # epsilon 1: always guesses early
+    assert m.task.parse(expert.act([s.messages])[0]).kind == "question"
+    ok = 0
+    for seed in range(20):  # final_error 1: the final guess is never the demonstrator's best
+        d = DialogueMachine(max_turns=1, horizon="fixed", task_kwargs={"demo_final_error": 1.0})
+        st = d.new_state(seed)
+        guess = d.task.parse(d.task.offline_speaker(seed=seed).act([st.messages])[0]).key
+        ok += guess != d.task.items[0]
+    assert ok == 20
+
+
+def test_eval_prefix_dialogues_are_the_same_dialogues(env, tiny_reference):
+    from agents.harness.evaluate import rollout
+
+    p = SamplingParams(max_new_tokens=24, temperature=1.0)
+    small, big = rollout(tiny_reference, env, 6, seed=9, params=p), rollout(tiny_reference, env, 20, seed=9, params=p)
+    assert [s.messages for s in small.finals] == [s.messages for s in big.finals[:6]]
