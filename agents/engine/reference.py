@@ -50,7 +50,7 @@ class ReferenceConfig:
     num_layers: int = 2
     num_heads: int = 4
     n_dialogues: int = 1000
-    epsilon: float = 0.3  # probability that the demonstrator guesses prematurely on a question turn (demo_epsilon)
+    epsilon: float = 0.5  # probability that the demonstrator guesses prematurely on a question turn (demo_epsilon)
     final_error: float = 0.0  # probability that its final guess is another animal than its best (demo_final_error)
     demo_phrasing: str = "fixed"  # the demonstrator's own wording ("fixed" or "varied"); the user's stays varied
     epochs: int = 20  # small batches, many steps: in-context copying only emerges after ~2000 steps

@@ -38,7 +38,6 @@ from .evaluate import EvalResult, Evaluator, hierarchical_bootstrap_ci
 from .rows import REFERENCE_ROWS, AgentSpec
 from .trainer import quiet_hf, train
 
-REFERENCE_AGENT = "pi_0"
 
 
 def package_versions() -> dict:

@@ -29,7 +29,7 @@ from pathlib import Path  # noqa: E402
 
 from .config import ExperimentConfig, apply_overrides, from_dict, parse_value, read_config_file  # noqa: E402
 from .presets import PRESETS, preset  # noqa: E402
-from .rows import DEFAULT_ROWS, STANDARD_ROWS, agent_spec  # noqa: E402
+from .rows import DEFAULT_ROWS, REFERENCE_ROWS, STANDARD_ROWS, agent_spec  # noqa: E402
 
 
 def import_plugin(spec: str) -> None:
@@ -75,7 +75,7 @@ def check_agents(cfg: ExperimentConfig) -> None:
 
     agents = agent_registry()
     for spec in cfg.agents:
-        if spec.agent != "pi_0" and spec.agent not in agents:
+        if spec.agent not in REFERENCE_ROWS and spec.agent not in agents:
             raise KeyError(f"unknown agent {spec.agent!r} (row {spec.label!r}); registered: {', '.join(agents.names())}; "
                            f"standard rows: {', '.join(STANDARD_ROWS)}. Register your own with "
                            "@agents.register_agent(name) and load it with --import MODULE_OR_FILE")
@@ -281,8 +281,9 @@ def main(argv=None) -> int:
             cfg = build_config(args)
             if args.command == "train":
                 spec = agent_spec(args.agent)
-                if spec.agent == "pi_0":
-                    raise ValueError("pi_0 is the untrained reference; pick an agent to train (refuel, rebel, dpo, ppo, ...)")
+                if spec.agent in REFERENCE_ROWS:
+                    raise ValueError(f"{spec.label} is a reference that is evaluated, not trained; pick an agent to train "
+                                     "(refuel, rebel, dpo, ppo, sft, or a row such as REBEL-LT-MIXED)")
                 cfg.agents = [spec]
             if args.command in ("bench", "train", "tune"):
                 check_agents(cfg)

@@ -137,7 +137,7 @@ def verdict(results: dict) -> list[str]:
         return lines
     wins, losses, ties = [], [], []
     for base, d in diffs.items():
-        if d is None:
+        if d is None or base.endswith("-CONTROL"):  # the controls prove power; they are not baselines
             continue
         sign = separated(d["wins"]["ci"][-1])
         (wins if sign > 0 else losses if sign < 0 else ties).append(base)

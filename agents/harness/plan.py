@@ -148,8 +148,9 @@ def plan_text(cfg: Any, command: str = "train", gpu_gib: float = 80.0) -> str:
     lines += describe(cfg) + [""]
     lines.append("Plan:")
     for spec in cfg.agents:
-        if spec.agent == "pi_0":
-            lines.append("row 'pi_0': the untrained reference, evaluated only")
+        if spec.agent in ("pi_0", "expert"):
+            lines.append(f"row {spec.label!r}: {'the untrained reference' if spec.agent == 'pi_0' else 'the task expert'}, "
+                         "evaluated only")
             continue
         lines += row_plan(cfg, spec)
     lines.append("")

@@ -192,7 +192,9 @@ def check(cfg: Any, command: str = "train") -> tuple[list[str], list[str]]:
     union: set[str] = set()
     open_ended = False  # a row whose agent has no dataclass Config may take any option
     for spec in cfg.agents:
-        if spec.agent == "pi_0":
+        if spec.agent in ("pi_0", "expert"):
+            if spec.agent == "expert" and env.task != "guess-item-v0":
+                problems.append(f"row {spec.label!r}: the task {env.task!r} has no expert speaker (guess-item-v0 has)")
             continue
         try:
             cls = agent_class(spec.agent)

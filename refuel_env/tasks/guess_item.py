@@ -110,7 +110,7 @@ class GuessItemTask:
     task_id = "guess-item-v0"
 
     def __init__(self, n_items: int = 8, max_turns: int = 4, noise: float = 0.0, phrasing: str = "varied",
-                 reveal_candidates: bool = True, tell_horizon: bool = False, demo_epsilon: float = 0.3,
+                 reveal_candidates: bool = True, tell_horizon: bool = False, demo_epsilon: float = 0.5,
                  demo_final_error: float = 0.0, graded: bool = False):
         if not 2 <= n_items <= len(CATALOGUE):
             raise ValueError(f"n_items must be in 2..{len(CATALOGUE)}, got {n_items}")
@@ -244,10 +244,10 @@ class GuessItemTask:
 
     def expert_speaker(self, seed: int | None = None):
         """A policy known to be good: the scripted *informative* questioner (it identifies the animal with the
-        fewest questions and guesses only when asked)."""
+        fewest questions and guesses only when asked), in the demonstrator's wording."""
         from .guess_item_players import ScriptedQuestioner
 
-        return ScriptedQuestioner(self, "informative", seed=seed)
+        return ScriptedQuestioner(self, "informative", seed=seed, phrasing="fixed")
 
     def make_backend(self, role: str) -> None:
         """The scripted user and the rule judge need no text-generation back end."""
@@ -255,11 +255,11 @@ class GuessItemTask:
 
     def offline_speaker(self, seed: int | None = None):
         """The behaviour policy of this task's offline data: the scripted *demonstrator* whose dialogues pi_0
-        imitates (:mod:`refuel_env.tasks.guess_item_players`)."""
+        imitates (:mod:`refuel_env.tasks.guess_item_players`), in the wording of pi_0's demonstrations ("fixed")."""
         from .guess_item_players import ScriptedQuestioner
 
         return ScriptedQuestioner(self, "demonstrator", epsilon=self.demo_epsilon, final_error=self.demo_final_error,
-                                  seed=seed)
+                                  seed=seed, phrasing="fixed")
 
 
 class GuessItemUser:
