@@ -156,16 +156,20 @@ class RolloutEngine:
 
     # ------------------------------------------------------------------ whole dialogues
     def dialogues(self, n: int, speaker: Any, rng: np.random.Generator, params: SamplingParams, split: str = "train",
-                  horizons: Sequence[int] | None = None, snapshots: bool = False):
-        """Roll out n whole dialogues. With ``snapshots``, also the state after every turn: snaps[i][h-1]."""
+                  horizons: Sequence[int] | None = None, snapshots: bool = False, on_turn: Callable | None = None):
+        """Roll out n whole dialogues. With ``snapshots``, also the state after every turn: snaps[i][h-1].
+        ``on_turn(live_states)`` is called after every batched turn (e.g. to show progress)."""
         states = self.new_states(n, rng, split, horizons)
         snaps: list[list] = [[] for _ in states]
         index = {id(s): i for i, s in enumerate(states)}
 
         def record(live):
-            for s in live:
-                snaps[index[id(s)]].append(s.copy())
+            if snapshots:
+                for s in live:
+                    snaps[index[id(s)]].append(s.copy())
+            if on_turn is not None:
+                on_turn(live)
 
-        self.advance(states, speaker, rng, params, on_turn=record if snapshots else None)
+        self.advance(states, speaker, rng, params, on_turn=record if snapshots or on_turn else None)
         return (states, snaps) if snapshots else states
 
