@@ -29,6 +29,8 @@ STANDARD_ROWS: dict[str, AgentSpec] = {
     "dpo-online": AgentSpec("dpo-online", "dpo", {"rollin": "current", "responder": "current"}),
     "ppo": AgentSpec("ppo", "ppo"),
 }
+BUILTIN_AGENTS = ("dpo", "ppo", "rebel", "refuel")
+"""The agents :mod:`agents.algorithms` registers (``refuel list`` shows them without importing torch)."""
 ALIASES = {"dpo": "dpo-offline", "reference": "pi_0", "pi0": "pi_0"}
 DEFAULT_ROWS = ["pi_0", "refuel", "rebel", "dpo-offline", "dpo-online", "ppo"]
 
