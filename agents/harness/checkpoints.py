@@ -166,4 +166,4 @@ def set_aside(damaged: list[tuple[Path, str]], log_fn: Callable = log.warning) -
     for p, problem in damaged:
         aside = p.with_name(f"damaged-{p.name}-{time.strftime('%Y%m%d-%H%M%S')}")
         os.replace(p, aside)
-        log_fn(f"[train] checkpoint {p} is damaged: {problem}; moved to {aside.name} (delete it once inspected)")
+        log_fn(f"[train] checkpoint {p} is unusable: {problem}; moved to {aside.name} (delete it once inspected)")
