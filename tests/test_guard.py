@@ -98,10 +98,11 @@ def test_eval_refuses_a_missing_checkpoint_before_any_work(tmp_path, capsys):
     ("seeds=a,b", "seeds must be a list of integers"),
     ("policy.gradient_checkpointing=maybe", "policy.gradient_checkpointing must be true or false, got 'maybe'"),
     ("env=3", "env must be a table"),
+    ("agents=3", "agents must be a list of rows"),
     ("agent_options.lr=abc", "lr must be > 0"),
 ])
 def test_values_are_type_checked_naming_the_key(setting, message, tmp_path, capsys):
-    assert main(["train", "--out", str(tmp_path / "run"), "--set", setting]) == 2
+    assert main(["bench", "--out", str(tmp_path / "run"), "--set", setting]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err, err
     assert not (tmp_path / "run").exists()

@@ -24,7 +24,7 @@ def test_the_switch_turns_hugging_face_bars_off_and_back(capsys):
 
 
 def test_pi0_build_and_evaluation_show_bars_unless_switched_off(tiny_reference_config, tmp_path, capsys):
-    cfg = dataclasses.replace(tiny_reference_config, n_dialogues=16, epochs=1)
+    cfg = dataclasses.replace(tiny_reference_config, n_dialogues=8, epochs=1)
     env = gym.make_vec("RefuelDialogue-v0", num_envs=1, max_turns=4)
     for on in (True, False):
         with progress.enabled(on):

@@ -77,8 +77,8 @@ def unit_name(label: str, seed: int) -> str:
 class Bench:
     """One benchmark run in ``out`` (see the module docstring). ``run()`` returns the results dict."""
 
-    def __init__(self, cfg: ExperimentConfig, out: str | Path, progress: bool | None = None, log: Callable = logger.info,
-                 retry_failed: bool = True):
+    def __init__(self, cfg: ExperimentConfig, out: str | Path, progress: bool | None = None,
+                 log: Callable = logger.info, retry_failed: bool = True):
         self.cfg, self.out, self.progress, self.log = cfg, Path(out), progress, log
         self.retry_failed = retry_failed
         self.fingerprint = cfg.unit_fingerprint()

@@ -14,7 +14,8 @@ Before any work, every command checks ``--out`` (a file there is an error), the 
 ``--dry-run`` checks: names, keys, types and ranges of values, agent options, remote code), and takes the
 lock of ``--out`` (a second run on the same directory is refused, naming the first one's pid). Messages go
 to stderr through :mod:`logging` (``--quiet``, ``--verbose``); results go to stdout. Exit status: 0 done,
-1 some benchmark rows failed, 2 a problem found before the work started, 130 interrupted (resumable).
+1 some benchmark rows failed, 2 refused (a problem found before the work started, or no usable checkpoint
+to resume from), 130 interrupted (resumable).
 """
 
 from __future__ import annotations

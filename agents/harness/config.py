@@ -186,6 +186,9 @@ class ExperimentConfig:
                 setattr(self, name, cls(**v))
         if isinstance(self.agents, str):
             self.agents = [a for a in self.agents.split(",") if a.strip()]
+        if not isinstance(self.agents, (list, tuple)):
+            raise TypeError(f"agents must be a list of rows (labels, agent names or tables) or \"refuel,ppo\", "
+                            f"got {self.agents!r}")
         self.agents = [agent_spec(a) for a in self.agents]
         labels = [a.label for a in self.agents]
         if len(set(labels)) != len(labels):

@@ -40,6 +40,9 @@ def agent_spec(item: Any) -> AgentSpec:
     if isinstance(item, AgentSpec):
         return item
     if isinstance(item, dict):
+        if not isinstance(item.get("agent"), str) or not isinstance(item.get("options", {}), dict):
+            raise TypeError(f"a row table needs agent = <a registered agent name> (and optionally label, and options "
+                            f"as a table), got {item!r}")
         return AgentSpec(label=item.get("label", item["agent"]), agent=item["agent"], options=dict(item.get("options", {})))
     name = str(item).strip()
     name = ALIASES.get(name, name)
