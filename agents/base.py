@@ -223,10 +223,13 @@ class Agent(Optimising):
 
     # checkpoints
     def save(self, path: str | Path) -> None:
-        """A Hugging Face-format checkpoint (safetensors) with the config, optimiser and random state."""
+        """A Hugging Face-format checkpoint: the policy's model directory at ``path``'s root (``config.json``,
+        safetensors weights or LoRA adapters, tokenizer), so that ``AutoModelForCausalLM.from_pretrained(path)``
+        loads it as it loads a ``transformers`` Trainer checkpoint, plus ``agent_config.json`` and
+        ``agent_state.pt`` (optimiser and random state) beside it."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.policy.save(str(path / "policy"))
+        self.policy.save(str(path))
         state = {"optimizer": self.optimizer.state_dict(), "iteration": self.iteration,
                  "rng": json.dumps(self.rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
                  "skipped": json.dumps(self.skipped), "extra": self.extra_state()}
@@ -238,14 +241,19 @@ class Agent(Optimising):
         meta = json.loads((path / "agent_config.json").read_text())
         if meta.get("agent") != self.name:
             raise ValueError(f"{path} is a checkpoint of agent {meta.get('agent')!r}, not {self.name!r}")
-        saved_cfg = json.loads((path / "policy" / "config.json").read_text())
+        model_dir = path / "policy" if (path / "policy").is_dir() else path  # policy/: the earlier layout
+        saved = next((model_dir / n for n in ("config.json", "base_config.json") if (model_dir / n).exists()), None)
+        if saved is None:
+            raise FileNotFoundError(f"{path} holds no model config (config.json, or base_config.json beside LoRA "
+                                    "adapters): not a checkpoint that agent.save wrote")
+        saved_cfg = json.loads(saved.read_text())
         mine = self.policy.model.config.to_dict()
         keys = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
         diff = {k: (saved_cfg.get(k), mine.get(k)) for k in keys if saved_cfg.get(k) != mine.get(k)}
         if diff:
             raise ValueError(f"{path} holds a checkpoint of another model (saved vs this policy: {diff}); "
                              "load it into an agent built on the same architecture")
-        missing, unexpected = self.policy.load_weights(path / "policy")  # full weights, or LoRA adapters
+        missing, unexpected = self.policy.load_weights(model_dir)  # full weights, or LoRA adapters
         real_missing = [k for k in missing if "lm_head" not in k]  # tied embeddings are not saved twice
         if real_missing or unexpected:
             raise ValueError(f"checkpoint {path} does not fit this policy: missing {real_missing[:5]}, unexpected {unexpected[:5]}")

@@ -41,7 +41,7 @@ def params_after_update(name, pi0, env, batch=None, **options):
     return batch, metrics, torch.cat([p.detach().flatten() for p in agent.policy.model.parameters()])
 
 
-@pytest.mark.parametrize("name,options", [("refuel", {"batch_size": 48}), ("dpo", {"batch_size": 48, "rollin": "current", "responder": "current"}),
+@pytest.mark.parametrize("name,options", [("refuel", {"batch_size": 48}), ("dpo", {"batch_size": 128, "rollin": "current", "responder": "current"}),
                                           ("ppo", {"batch_size": 16})])
 def test_micro_batches_take_the_same_step_as_whole_minibatches(env, tiny_reference, name, options):
     batch, whole, p_whole = params_after_update(name, tiny_reference, env, **options)

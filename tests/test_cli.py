@@ -64,7 +64,7 @@ def test_train_then_eval_the_checkpoint(tiny_dict, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--config", str(cfg_path), "--agent", "rebel", "--iterations", "2", "--out", str(run),
                  "--no-progress"]) == 0
-    assert (run / "checkpoints" / "final" / "policy" / "config.json").exists()
+    assert (run / "checkpoints" / "final" / "config.json").exists()
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [0, 1, 2]
     trained = json.loads((run / "eval.json").read_text())["eval"]
@@ -73,9 +73,23 @@ def test_train_then_eval_the_checkpoint(tiny_dict, tmp_path, capsys):
     evaluated = json.loads((tmp_path / "ev" / "eval.json").read_text())["eval"]
     assert evaluated["win_rate"] == trained["win_rate"] and evaluated["score"] == trained["score"]  # reproducible
     assert "win rate vs pi_0" in capsys.readouterr().out
+    # a run directory stands for its final checkpoint
+    assert main(["eval", "--config", str(cfg_path), "--checkpoint", str(run), "--out", str(tmp_path / "ev2")]) == 0
+    assert json.loads((tmp_path / "ev2" / "eval.json").read_text())["eval"]["win_rate"] == trained["win_rate"]
     # running train again resumes: nothing left to do
     assert main(["train", "--config", str(cfg_path), "--agent", "rebel", "--iterations", "2", "--out", str(run),
                  "--no-progress"]) == 0
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
+    # no usable checkpoint: a clear error that names the damaged files and the way out, nothing changed
+    for name in ("latest", "previous"):
+        f = run / "checkpoints" / name / "model.safetensors"
+        f.write_bytes(f.read_bytes()[:100])
+    capsys.readouterr()
+    assert main(["train", "--config", str(cfg_path), "--agent", "rebel", "--iterations", "3", "--out", str(run),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "latest: model.safetensors is damaged" in err and "previous: model.safetensors is damaged" in err
+    assert "--no-resume" in err and "Traceback" not in err
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
 
 

@@ -81,9 +81,11 @@ def test_checkpoint_round_trip_gives_identical_logprobs(tiny_reference_config, e
     enc = batch.data["enc"]
     want = agent.policy.sequence_logprobs_nograd(enc)
     agent.save(tmp_path / "ck")
-    files = sorted(f.name for f in (tmp_path / "ck" / "policy").iterdir())
-    assert "adapter_model.safetensors" in files and "adapter_config.json" in files and "config.json" in files
-    assert "model.safetensors" not in files and not any(f.endswith((".bin", ".pt")) for f in files)
+    files = sorted(f.name for f in (tmp_path / "ck").iterdir())  # the model directory is the checkpoint's root
+    assert "adapter_model.safetensors" in files and "adapter_config.json" in files and "base_config.json" in files
+    assert "config.json" not in files  # with it, transformers would take the directory for a whole model
+    assert "model.safetensors" not in files and not any(f.endswith(".bin") for f in files)
+    assert [f for f in files if f.endswith(".pt")] == ["agent_state.pt"]  # optimiser and random state only
 
     other = refuel_agent(fresh(cfg, seed=1))  # untrained adapters, other random A matrices
     assert not torch.allclose(other.policy.sequence_logprobs_nograd(enc), want)
@@ -95,8 +97,13 @@ def test_checkpoint_round_trip_gives_identical_logprobs(tiny_reference_config, e
     s1, s2 = agent.optimizer.state_dict()["state"], other.optimizer.state_dict()["state"]
     assert s1.keys() == s2.keys() and all(torch.equal(s1[k]["exp_avg"], s2[k]["exp_avg"]) for k in s1)
     # the checkpoint alone: the base comes from the path the adapters name
-    loaded = Policy.from_pretrained(tmp_path / "ck" / "policy")
+    loaded = Policy.from_pretrained(tmp_path / "ck")
     assert loaded.is_lora and torch.equal(loaded.sequence_logprobs_nograd(enc), want)
+    # and plain transformers (with peft installed) loads it as any adapter checkpoint: base from the adapters' config
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    plain = Policy(AutoModelForCausalLM.from_pretrained(tmp_path / "ck"), AutoTokenizer.from_pretrained(tmp_path / "ck"))
+    torch.testing.assert_close(plain.sequence_logprobs_nograd(enc), want, rtol=0, atol=1e-5)
 
     # adapters do not load into a full policy, nor full weights into a LoRA policy: clear errors
     full = make_agent("refuel", policy=fresh(cfg, lora=None), batch_size=4, seed=0)
@@ -121,7 +128,7 @@ def test_train_and_eval_commands_with_lora(tiny_reference_config, reference_cach
     run = tmp_path / "run"
     assert main(["train", "--config", str(path), "--agent", "refuel", "--out", str(run), "--no-progress"]) == 0
     final = run / "checkpoints" / "final"
-    assert (final / "policy" / "adapter_model.safetensors").exists()
+    assert (final / "adapter_model.safetensors").exists()
     trained = json.loads((run / "eval.json").read_text())["eval"]
     assert main(["eval", "--config", str(path), "--checkpoint", str(final), "--out", str(tmp_path / "ev")]) == 0
     evaluated = json.loads((tmp_path / "ev" / "eval.json").read_text())["eval"]

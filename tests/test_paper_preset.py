@@ -21,6 +21,7 @@ from agents.harness.plan import dialogue_profile, pair_profile
 from agents.engine.rollout import RolloutEngine
 
 ROOT = Path(__file__).resolve().parents[1]
+TRUST = ["--set", "env.task_kwargs.trust_remote_code=true"]  # ArmoRM's code: the user's explicit choice
 
 # runs the CLI with sockets disabled and checks afterwards that vllm was never imported
 OFFLINE_MAIN = """
@@ -42,7 +43,7 @@ def test_paper_preset_holds_the_papers_setting():
     assert cfg.policy.model == PAPER_POLICY == "meta-llama/Meta-Llama-3-8B-Instruct"
     assert tk["user_model"] == PAPER_USER and tk["backend"] == "openai" and tk["prompts"] == "ultrainteract"
     assert tk["judge"] == "reward-model" and tk["reward_model"] == "RLHFlow/ArmoRM-Llama3-8B-v0.1"
-    assert tk["trust_remote_code"] is True  # ArmoRM's custom code: explicit, only here
+    assert "trust_remote_code" not in tk  # ArmoRM's custom code runs only on the user's own --set
     assert cfg.env.max_turns == 5 and cfg.env.horizon == "uniform" and cfg.env.user_kwargs == {"format": "paper"}
     assert tk["user_params"]["temperature"] == 0.8 and cfg.agent_options["temperature"] == 0.8
     o = cfg.agent_options
@@ -72,7 +73,7 @@ def test_train_dry_run_offline_prints_the_plan_and_downloads_nothing(tmp_path):
            "HF_HOME": str(hf_home), "REFUEL_USER_BASE_URL": "http://10.9.9.9:8000/v1", "OMP_WAIT_POLICY": "PASSIVE"}
     out = tmp_path / "run"
     r = subprocess.run([sys.executable, "-c", OFFLINE_MAIN, "train", "--preset", "paper-ultrainteract", "--dry-run",
-                        "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+                        "--out", str(out), *TRUST], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
                        check=False)
     assert r.returncode == 0, r.stderr[-3000:]
     shown = json.loads(r.stdout)  # the resolved configuration
@@ -91,7 +92,7 @@ def test_train_dry_run_offline_prints_the_plan_and_downloads_nothing(tmp_path):
 
 
 def test_bench_dry_run_validates_the_preset(capsys):
-    assert main(["bench", "--preset", "paper-hh", "--dry-run"]) == 0
+    assert main(["bench", "--preset", "paper-hh", "--dry-run", *TRUST]) == 0
     cap = capsys.readouterr()
     assert json.loads(cap.out)["env"]["task_kwargs"]["prompts"] == "hh"
     assert "row 'REFUEL'" in cap.err
@@ -111,19 +112,59 @@ def test_bench_dry_run_validates_the_preset(capsys):
     ("policy.lora={\"r\": 0}", "policy.lora.r must be >= 1"),
 ])
 def test_bad_values_fail_with_a_clear_message(setting, message, tmp_path, capsys):
-    rc = main(["train", "--preset", "paper-ultrainteract", "--dry-run", "--out", str(tmp_path / "x"), "--set", setting])
+    rc = main(["train", "--preset", "paper-ultrainteract", "--dry-run", "--out", str(tmp_path / "x"), "--set", setting,
+               *TRUST])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("refuel train: error: invalid configuration") and message in err, err
 
 
 def test_lora_dry_run_counts_adapters_and_drops_the_reference_copy(tmp_path, capsys):
     assert main(["train", "--preset", "paper-ultrainteract", "--dry-run", "--out", str(tmp_path / "x"),
-                 "--set", "policy.lora={\"r\": 16}"]) == 0
+                 "--set", "policy.lora={\"r\": 16}", *TRUST]) == 0
     err = capsys.readouterr().err
     # r * (in + out) over q, k, v, o, gate, up, down of 32 layers of Llama-3-8B
     assert KNOWN_MODELS[PAPER_POLICY].lora_params(16, "all-linear") == 41_943_040
     assert "LoRA r=16 on all-linear: 41.9M trainable parameters" in err and "adapters off: +0" in err
     assert "round away" not in err  # adapters train in fp32
+
+
+def _walk(d, path=""):
+    for k, v in d.items():
+        yield path + k, v
+        if isinstance(v, dict):
+            yield from _walk(v, path + k + ".")
+
+
+def test_no_preset_turns_on_remote_code():
+    from agents.harness.presets import PRESETS
+
+    for name in PRESETS:
+        on = [k for k, v in _walk(preset(name).to_dict()) if k.endswith("trust_remote_code") and v]
+        assert on == [], f"preset {name!r} turns on {on}: only the user may"
+
+
+@pytest.mark.parametrize("command", [["train", "--dry-run"], ["bench", "--dry-run"], ["train"]])
+def test_armorm_without_the_users_flag_is_refused_before_any_work(command, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*command, "--preset", "paper-ultrainteract", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "RLHFlow/ArmoRM-Llama3-8B-v0.1' needs trust_remote_code" in err
+    assert "--set env.task_kwargs.trust_remote_code=true" in err and "run in this process" in err, err
+    assert not out.exists()
+
+
+def test_the_dry_run_says_what_remote_code_it_would_enable(tmp_path, capsys):
+    assert main(["train", "--preset", "paper-hh", "--dry-run", "--out", str(tmp_path / "x"), *TRUST]) == 0
+    err = capsys.readouterr().err
+    assert "env.task_kwargs.trust_remote_code=true (your choice)" in err
+    assert "'RLHFlow/ArmoRM-Llama3-8B-v0.1' loads with trust_remote_code" in err and "runs in this process" in err
+    # a local model whose config maps classes to its own code is recognised too
+    model = tmp_path / "rm"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"auto_map": {"AutoModelForSequenceClassification": "m.RM"}}))
+    assert main(["train", "--preset", "paper-hh", "--dry-run", "--out", str(tmp_path / "x"),
+                 "--set", f"env.task_kwargs.reward_model={model}"]) == 2
+    assert "AutoModelForSequenceClassification" in capsys.readouterr().err
 
 
 class Asker:

@@ -23,6 +23,7 @@ collected the data, or the frozen pi_ref) and ``needs_preference`` (ties carry n
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -36,6 +37,7 @@ from ..engine.rollout import TARGETS
 
 ROLLINS = ("current", "reference", "offline", "none")
 RESPONDERS = ("current", "reference")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -207,22 +209,51 @@ class PairAgent(Agent):
             yield loss, len(chunk) / len(rows), info
 
     def preference_dataset(self, batch: Batch):
-        """The batch's pairs in TRL's conversational preference format (prompt / chosen / rejected),
-        ranked by their returns; ties are left out."""
-        from datasets import Dataset
+        """The batch's pairs in TRL's conversational preference format (prompt / chosen / rejected, plus
+        score_chosen / score_rejected), ranked by their returns, for ``trl.DPOTrainer`` and friends.
 
-        rows = {"prompt": [], "chosen": [], "rejected": [], "score_chosen": [], "score_rejected": []}
+        Ties (equal returns) carry no preference and are left out; how many is logged and written in the
+        dataset's ``info.description``. The columns are typed explicitly (:data:`PREFERENCE_FEATURES`), so an
+        export without a single preference is an empty dataset of the same schema (it concatenates with
+        other exports), not one of null columns; ``DPOTrainer`` itself needs at least one row."""
+        from datasets import Dataset, DatasetInfo
+
+        rows = {k: [] for k in PREFERENCE_FEATURES}
+        ties = 0
         for ctx, (a, b), (qa, qb) in zip(batch.data.get("contexts", []), batch.data.get("responses", []),
                                          batch.data.get("returns", torch.zeros(0, 2)).tolist()):
             if qa == qb:
+                ties += 1
                 continue
             (w, qw), (l, ql) = ((a, qa), (b, qb)) if qa > qb else ((b, qb), (a, qa))
-            rows["prompt"].append([dict(m) for m in ctx])
+            rows["prompt"].append([{"role": m["role"], "content": m["content"]} for m in ctx])
             rows["chosen"].append(as_messages(w))
             rows["rejected"].append(as_messages(l))
-            rows["score_chosen"].append(qw)
-            rows["score_rejected"].append(ql)
-        return Dataset.from_dict(rows)
+            rows["score_chosen"].append(float(qw))
+            rows["score_rejected"].append(float(ql))
+        n = len(rows["prompt"])
+        text = f"{n} preference pairs of {n + ties} collected by {self.name!r}; {ties} ties (equal returns) left out"
+        if n == 0 and ties:
+            logger.warning(f"preference_dataset: every one of the {ties} pairs is a tie (equal returns): the dataset "
+                           "is empty; DPOTrainer needs at least one preference (collect more pairs)")
+        elif ties:
+            logger.info(f"preference_dataset: {text}")
+        features = preference_features()
+        return Dataset.from_dict(rows, features=features, info=DatasetInfo(description=text, features=features))
+
+
+PREFERENCE_FEATURES = ("prompt", "chosen", "rejected", "score_chosen", "score_rejected")
+"""The columns of :meth:`PairAgent.preference_dataset`."""
+
+
+def preference_features():
+    """The ``datasets.Features`` of a preference export: conversations as lists of {role, content} strings,
+    scores as float64 (what ``Dataset.from_dict`` infers from a non-empty export)."""
+    from datasets import Features, Value
+
+    messages = [{"role": Value("string"), "content": Value("string")}]
+    return Features({"prompt": messages, "chosen": messages, "rejected": messages,
+                     "score_chosen": Value("float64"), "score_rejected": Value("float64")})
 
 
 def as_messages(response) -> list[dict]:

@@ -4,7 +4,7 @@
 :class:`AdapterDisabledPolicy` is then pi_0 *without a second copy of the weights*: the same model run inside
 peft's ``disable_adapter()`` context. That is exactly pi_0, since the base weights are frozen and never change.
 Checkpoints of a LoRA policy hold the adapters only (peft's ``adapter_model.safetensors`` +
-``adapter_config.json``), plus the base ``config.json`` and the tokenizer.
+``adapter_config.json``), plus the base model's config as ``base_config.json`` and the tokenizer.
 """
 
 from __future__ import annotations

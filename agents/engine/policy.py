@@ -26,6 +26,9 @@ from refuel_env.types import SamplingParams
 
 from .chat import ChatEncoder, Conversation, EncodedTurns
 
+BASE_CONFIG = "base_config.json"
+"""The base model's config in a LoRA policy's directory (beside peft's adapter files)."""
+
 
 @dataclass
 class Generated:
@@ -202,10 +205,14 @@ class Policy:
     # ---------------------------------------------------------------- persistence
     def save(self, path: str) -> None:
         """Safetensors weights, config and tokenizer. A LoRA policy saves its adapters only (peft's format:
-        ``adapter_model.safetensors``, ``adapter_config.json``) and the base model's ``config.json``."""
+        ``adapter_model.safetensors``, ``adapter_config.json``, which names the base model) and the base model's
+        config as ``base_config.json`` (not ``config.json``: transformers would take the directory for a whole
+        model), so that ``AutoModelForCausalLM.from_pretrained(path)`` loads base and adapters, as for any
+        peft adapter directory."""
         self.model.save_pretrained(path, safe_serialization=True)
         if self.is_lora:
-            self.model.get_base_model().config.save_pretrained(path)
+            cfg = self.model.get_base_model().config.to_dict()
+            (Path(path) / BASE_CONFIG).write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str))
         self.tokenizer.save_pretrained(path)
 
     def load_weights(self, path: str | Path) -> tuple[list[str], list[str]]:

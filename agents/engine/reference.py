@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import time
@@ -29,7 +30,10 @@ from refuel_env.tasks.guess_item import (ASK, ATTRIBUTES, CATALOGUE, FINAL, NO, 
                                         UNCLEAR, WRONG, YES)
 from refuel_env.tasks.guess_item_players import ScriptedQuestioner
 
+from . import progress as progress_bars
 from .policy import Policy
+
+logger = logging.getLogger(__name__)
 
 CHATML = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
           "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
@@ -107,8 +111,10 @@ def demonstrations(cfg: ReferenceConfig) -> list[list[dict]]:
     return [s.messages for s in states]
 
 
-def sft(policy: Policy, dialogues, epochs: int, lr: float, batch_size: int, seed: int, log=print) -> list[float]:
-    """Supervised fine-tuning on every assistant turn (the same turn masks the RL losses use)."""
+def sft(policy: Policy, dialogues, epochs: int, lr: float, batch_size: int, seed: int, log=logger.debug,
+        progress: bool | None = None) -> list[float]:
+    """Supervised fine-tuning on every assistant turn (the same turn masks the RL losses use), with a progress
+    bar over its steps (``progress``: see :mod:`agents.engine.progress`); each epoch's NLL goes to ``log``."""
     enc, _ = policy.chat.encode_dialogues(dialogues)
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(policy.model.parameters(), lr=lr, weight_decay=0.0)
@@ -119,6 +125,7 @@ def sft(policy: Policy, dialogues, epochs: int, lr: float, batch_size: int, seed
              else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
     policy.model.train()
     losses = []
+    bar = progress_bars.bar(progress, total=steps, desc="building pi_0 (SFT)", unit="step", leave=False)
     for ep in range(epochs):
         perm, tot = torch.randperm(n, generator=g), 0.0
         for i in range(0, n, batch_size):
@@ -132,13 +139,16 @@ def sft(policy: Policy, dialogues, epochs: int, lr: float, batch_size: int, seed
             opt.step()
             sched.step()
             tot += float(loss.detach()) * len(b.input_ids)
+            bar.update(1)
         losses.append(tot / n)
+        bar.set_postfix(epoch=f"{ep + 1}/{epochs}", nll=f"{losses[-1]:.4f}")
         log(f"[pi_0] SFT epoch {ep + 1}/{epochs}: token NLL {losses[-1]:.4f}")
+    bar.close()
     policy.model.eval()
     return losses
 
 
-def build_reference(cfg: ReferenceConfig, log=print) -> Policy:
+def build_reference(cfg: ReferenceConfig, log=logger.info, progress: bool | None = None) -> Policy:
     torch.manual_seed(cfg.seed)
     items = list(CATALOGUE)[: cfg.n_items]
     tok = build_tokenizer(items, cfg.vocab_size)
@@ -151,17 +161,18 @@ def build_reference(cfg: ReferenceConfig, log=print) -> Policy:
     t0 = time.perf_counter()
     dialogues = demonstrations(cfg)
     log(f"[pi_0] {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {len(dialogues)} demonstrations")
-    sft(policy, dialogues, cfg.epochs, cfg.lr, cfg.batch_size, cfg.seed, log=log)
+    sft(policy, dialogues, cfg.epochs, cfg.lr, cfg.batch_size, cfg.seed, progress=progress)
     log(f"[pi_0] built in {time.perf_counter() - t0:.0f} s")
     return policy
 
 
-def reference_policy(cfg: ReferenceConfig | None = None, cache: Path | str | None = None, log=print,
+def reference_policy(cfg: ReferenceConfig | None = None, cache: Path | str | None = None, log=logger.info,
                      **policy_kwargs) -> Policy:
     """pi_0 for the built-in task: loaded from the cache, or built once and cached."""
     cfg = cfg or ReferenceConfig()
     path = Path(cache or cache_dir()) / f"pi0-{cfg.key()}"
     if not (path / "config.json").exists():
+        log(f"[pi_0] not in the cache yet: building it once (minutes on a CPU), cached in {path}")
         policy = build_reference(cfg, log=log)
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         policy.save(str(tmp))

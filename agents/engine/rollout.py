@@ -193,8 +193,9 @@ class RolloutEngine:
     # ------------------------------------------------------------------ whole dialogues
     def dialogues(self, n: int, speaker: Any, rng: np.random.Generator, params: SamplingParams, split: str = "train",
                   horizons: Sequence[int] | None = None, snapshots: bool = False,
-                  sampling_rng: np.random.Generator | None = None):
+                  sampling_rng: np.random.Generator | None = None, on_turn: Callable | None = None):
         """Roll out n whole dialogues. With ``snapshots``, also the state after every turn: snaps[i][h-1].
+        ``on_turn(live_states)`` is called after every batched turn (e.g. to show progress).
 
         Episode seeds come from ``rng``; the per-turn sampling seeds from ``sampling_rng`` (default: ``rng`` too).
         With two generators the first k of n dialogues are exactly the k dialogues of the same call with n = k."""
@@ -203,9 +204,12 @@ class RolloutEngine:
         index = {id(s): i for i, s in enumerate(states)}
 
         def record(live):
-            for s in live:
-                snaps[index[id(s)]].append(s.copy())
+            if snapshots:
+                for s in live:
+                    snaps[index[id(s)]].append(s.copy())
+            if on_turn is not None:
+                on_turn(live)
 
-        self.advance(states, speaker, sampling_rng or rng, params, on_turn=record if snapshots else None)
+        self.advance(states, speaker, sampling_rng or rng, params, on_turn=record if snapshots or on_turn else None)
         return (states, snaps) if snapshots else states
 

@@ -18,6 +18,7 @@ and the rest of the report is still written. Ctrl-C writes the report of what fi
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import shutil
@@ -38,6 +39,7 @@ from .evaluate import EvalResult, Evaluator, hierarchical_bootstrap_ci
 from .rows import REFERENCE_ROWS, AgentSpec
 from .trainer import quiet_hf, train
 
+logger = logging.getLogger(__name__)
 
 
 def package_versions() -> dict:
@@ -77,8 +79,8 @@ def unit_name(label: str, seed: int) -> str:
 class Bench:
     """One benchmark run in ``out`` (see the module docstring). ``run()`` returns the results dict."""
 
-    def __init__(self, cfg: ExperimentConfig, out: str | Path, progress: bool = True, log: Callable = print,
-                 retry_failed: bool = True):
+    def __init__(self, cfg: ExperimentConfig, out: str | Path, progress: bool | None = None,
+                 log: Callable = logger.info, retry_failed: bool = True):
         self.cfg, self.out, self.progress, self.log = cfg, Path(out), progress, log
         self.retry_failed = retry_failed
         self.fingerprint = cfg.unit_fingerprint()
@@ -108,10 +110,10 @@ class Bench:
             self.reference_info["reference_config"] = dict(vars(reference_config(cfg.policy, cfg.env)))
         e, params = cfg.eval, sampling(cfg)
         self.evaluator = Evaluator(self.env, self.reference, e.n_dialogues, e.seed, params, e.temperature, e.examples,
-                                   e.bootstrap)
+                                   e.bootstrap, progress=self.progress)
         # the learning curve: the same protocol and seed, on the first curve_n_dialogues of the final held-out set
         self.curve_evaluator = Evaluator(self.env, self.reference, e.curve_n_dialogues, e.seed, params,
-                                         e.temperature, 0, 200)
+                                         e.temperature, 0, 200, progress=self.progress)
 
     # ---------------------------------------------------------------------------------------- units
     def unit_path(self, label: str, seed: int) -> Path:
@@ -152,6 +154,7 @@ class Bench:
                 with quiet_hf():
                     agent = build_agent(cfg, spec, seed, reference=self.reference, log=lambda m: None)
                 curve_every = cfg.eval.curve_every if cfg.eval.curve_every and cfg.eval.curve_n_dialogues else 0
+                self.curve_evaluator.desc = f"{name} curve point"
                 tr = train(agent, training_env(cfg, spec) or self.env, cfg.iterations, eval_every=curve_every,
                            out=run_dir,
                            eval_fn=lambda ag: self.curve_evaluator(ag.policy, ag.sampling),
@@ -167,6 +170,7 @@ class Bench:
                 policy, params = agent.policy, agent.sampling
                 self.trained_units.append(name)
             t1 = time.perf_counter()
+            self.evaluator.desc = f"{name} evaluation"
             ev = self.evaluator(policy, params)
             rec.update(status="ok", eval=ev.to_dict(), eval_seconds=time.perf_counter() - t1,
                        unit_seconds=time.perf_counter() - t0)
@@ -261,7 +265,7 @@ def aggregate(cfg: ExperimentConfig, units: dict[str, dict], n_boot: int = 2000)
     return results
 
 
-def run_bench(cfg: ExperimentConfig, out: str | Path, progress: bool = True, log: Callable = print,
+def run_bench(cfg: ExperimentConfig, out: str | Path, progress: bool | None = None, log: Callable = logger.info,
               retry_failed: bool = True) -> dict:
     """Run (or resume) the benchmark in ``out``; write report.md, results.json and plots there; return the results."""
     return Bench(cfg, out, progress=progress, log=log, retry_failed=retry_failed).run()

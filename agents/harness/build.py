@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 from refuel_env.types import SamplingParams
 
 from .config import EnvConfig, ExperimentConfig, PolicyConfig
 from .rows import AgentSpec
+
+logger = logging.getLogger(__name__)
 
 
 def make_env(env: EnvConfig, num_envs: int = 1):
@@ -41,7 +44,7 @@ def sampling(cfg: ExperimentConfig) -> SamplingParams:
     return SamplingParams(max_new_tokens=int(o.get("max_new_tokens", 24)), temperature=float(o.get("temperature", 1.0)))
 
 
-def load_policy(pol: PolicyConfig, env: EnvConfig, name: str = "pi_0", log=print, lora: bool = True, seed: int = 0):
+def load_policy(pol: PolicyConfig, env: EnvConfig, name: str = "pi_0", log=logger.info, lora: bool = True, seed: int = 0):
     """A fresh, trainable copy of pi_0 (built and cached on first use); with LoRA adapters when ``pol.lora`` is
     set and ``lora`` is True (their random init drawn with ``seed``)."""
     from ..engine.policy import Policy
@@ -70,7 +73,7 @@ def load_policy(pol: PolicyConfig, env: EnvConfig, name: str = "pi_0", log=print
     return policy
 
 
-def load_reference(pol: PolicyConfig, env: EnvConfig, log=print):
+def load_reference(pol: PolicyConfig, env: EnvConfig, log=logger.info):
     """pi_0, frozen (requires no gradients, eval mode)."""
     ref = load_policy(pol, env, name="pi_0", log=log, lora=False)
     ref.model.requires_grad_(False)
@@ -78,7 +81,7 @@ def load_reference(pol: PolicyConfig, env: EnvConfig, log=print):
     return ref
 
 
-def policy_and_reference(pol: PolicyConfig, env: EnvConfig, name: str = "policy", log=print, seed: int = 0,
+def policy_and_reference(pol: PolicyConfig, env: EnvConfig, name: str = "policy", log=logger.info, seed: int = 0,
                          reference=None):
     """The policy to train and its pi_0. With LoRA, pi_0 is the policy's own model with its adapters disabled
     (one copy of the base weights); without, ``reference`` (a frozen pi_0 shared by several agents) or a
@@ -125,7 +128,7 @@ def training_env(cfg: ExperimentConfig, spec: AgentSpec):
     return make_env(EnvConfig(**merge(dataclasses.asdict(cfg.env), spec.env)))
 
 
-def build_agent(cfg: ExperimentConfig, spec: AgentSpec, seed: int, reference=None, log=print):
+def build_agent(cfg: ExperimentConfig, spec: AgentSpec, seed: int, reference=None, log=logger.info):
     """Row ``spec``'s agent for training seed ``seed``: a fresh copy of pi_0 (with LoRA adapters if configured)
     as its policy, and pi_0 (``reference`` if given and the policy has no adapters) as its frozen reference."""
     from ..base import make_agent
@@ -134,17 +137,38 @@ def build_agent(cfg: ExperimentConfig, spec: AgentSpec, seed: int, reference=Non
     return make_agent(spec.agent, policy=policy, ref_policy=ref, **agent_kwargs(cfg, spec, seed))
 
 
+def checkpoint_model_dir(path: str | Path) -> tuple[Path, Path]:
+    """(the checkpoint, its model directory) of what ``refuel eval --checkpoint`` names: a run's checkpoint
+    (``RUN/checkpoints/final``; a run directory stands for its final checkpoint), a checkpoint of the earlier
+    layout (model in ``policy/``), or any Hugging Face model directory. Checked before any work: a missing
+    directory, or a checkpoint whose files do not match its manifest, is an error that says what to do."""
+    path = Path(path)
+    if (path / "checkpoints" / "final").is_dir():
+        path = path / "checkpoints" / "final"  # a run directory: its final checkpoint
+    if not path.is_dir():
+        raise FileNotFoundError(f"--checkpoint {path} is not a directory; give a run's checkpoints/final (or "
+                                "checkpoints/latest), or a Hugging Face model directory")
+    model_dir = path / "policy" if (path / "policy").is_dir() else path
+    if not any((model_dir / n).exists() for n in ("config.json", "adapter_config.json")):
+        raise FileNotFoundError(f"--checkpoint {path} holds no model (no config.json, no adapter_config.json); give a "
+                                "run's checkpoints/final (or checkpoints/latest), or a Hugging Face model directory")
+    if (path / "trainer_state.json").exists():
+        from .checkpoints import verify
+
+        problem, _ = verify(path)
+        if problem is not None:
+            raise ValueError(f"--checkpoint {path} is damaged: {problem}; evaluate the run's checkpoints/latest or "
+                             "checkpoints/previous instead")
+    return path, model_dir
+
+
 def load_checkpoint_policy(path: str | Path, base_model: str | None = None, dtype=None, device=None):
-    """The policy of an agent checkpoint (or a model directory) and the sampling it was trained with (from the
-    checkpoint's ``agent_config.json``, None if it has none). A LoRA checkpoint's adapters go on ``base_model``
-    (default: the base model they name)."""
+    """The policy of an agent checkpoint (or a model directory; see :func:`checkpoint_model_dir`) and the
+    sampling it was trained with (from the checkpoint's ``agent_config.json``, None if it has none). A LoRA
+    checkpoint's adapters go on ``base_model`` (default: the base model they name)."""
     from ..engine.policy import Policy
 
-    path = Path(path)
-    model_dir = path / "policy" if (path / "policy" / "config.json").exists() else path
-    if not (model_dir / "config.json").exists():
-        raise FileNotFoundError(f"{path} holds neither an agent checkpoint (policy/config.json) nor a Hugging Face "
-                                "model (config.json)")
+    path, model_dir = checkpoint_model_dir(path)
     policy = Policy.from_pretrained(str(model_dir), name=path.name, base_model=base_model, dtype=dtype, device=device,
                                     trainable=False)
     meta = path / "agent_config.json"

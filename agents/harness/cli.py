@@ -9,6 +9,13 @@
 Configuration: a preset (``--preset``), then a JSON/TOML/YAML file (``--config``), then flags, then
 ``--set key=value`` (dotted keys of :class:`agents.harness.config.ExperimentConfig`; values parsed as JSON).
 ``python -m agents`` is the same command (``accelerate launch -m agents train ...``).
+
+Before any work, every command checks ``--out`` (a file there is an error), the whole configuration (what
+``--dry-run`` checks: names, keys, types and ranges of values, agent options, remote code), and takes the
+lock of ``--out`` (a second run on the same directory is refused, naming the first one's pid). Messages go
+to stderr through :mod:`logging` (``--quiet``, ``--verbose``); results go to stdout. Exit status: 0 done,
+1 some benchmark rows failed, 2 refused (a problem found before the work started, or no usable checkpoint
+to resume from), 130 interrupted (resumable).
 """
 
 from __future__ import annotations
@@ -23,13 +30,18 @@ import argparse  # noqa: E402
 import importlib  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
+import logging  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from .config import ExperimentConfig, apply_overrides, from_dict, parse_value, read_config_file  # noqa: E402
+from .console import console  # noqa: E402
+from .guard import LockedError, RunLock, check_out_dir  # noqa: E402
 from .presets import PRESETS, preset  # noqa: E402
-from .rows import DEFAULT_ROWS, REFERENCE_ROWS, STANDARD_ROWS, agent_spec  # noqa: E402
+from .rows import BUILTIN_AGENTS, DEFAULT_ROWS, REFERENCE_ROWS, STANDARD_ROWS, agent_spec  # noqa: E402
+
+logger = logging.getLogger("agents.harness.cli")
 
 
 def import_plugin(spec: str) -> None:
@@ -93,7 +105,9 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="torch threads")
     p.add_argument("--eval-dialogues", type=int, help="held-out dialogues of the final evaluation")
     p.add_argument("--eval-seed", type=int)
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (neither ours nor Hugging Face's)")
+    p.add_argument("-q", "--quiet", action="count", default=0, help="only warnings and errors on stderr")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="debug messages too, with times and sources")
 
 
 def add_dry_run(p: argparse.ArgumentParser, promise: str) -> None:
@@ -144,27 +158,35 @@ def cmd_bench(args, cfg: ExperimentConfig) -> int:
     from .bench import run_bench
     from .report import print_summary
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        print("refuel bench: error: the benchmark runs in one process; under `accelerate launch` train one agent "
-              "(`-m agents.cli train`)", file=sys.stderr)
-        return 2
-    out = Path(args.out or f"runs/bench-{cfg.preset or 'custom'}")
-    print(f"[bench] {len(cfg.agents)} rows x {len(cfg.seeds)} seeds, {cfg.iterations} iterations each; output in {out}")
+    out = bench_out(args, cfg)
+    logger.info(f"[bench] {len(cfg.agents)} rows x {len(cfg.seeds)} seeds, {cfg.iterations} iterations each; "
+                f"output in {out}")
     results = run_bench(cfg, out, progress=not args.no_progress, retry_failed=not args.no_retry_failed)
     print_summary(results)
-    print(f"\n[bench] report: {out / 'report.md'}  results: {out / 'results.json'}")
+    logger.info(f"\n[bench] report: {out / 'report.md'}  results: {out / 'results.json'}")
     return 1 if any(r["status"] == "failed" for r in results["rows"]) else 0
 
 
-def dry_run(cfg: ExperimentConfig, command: str, gpu_gib: float = 80.0) -> int:
-    """Check everything that can be checked without loading a model or the env; print the resolved configuration
-    (stdout, JSON) and the plan with its hardware estimate (stderr). Problems raise :class:`~agents.plan.ConfigError`."""
-    from .plan import plan_text
+def bench_out(args, cfg: ExperimentConfig) -> Path:
+    return Path(args.out or f"runs/bench-{cfg.preset or 'custom'}")
+
+
+def validate(cfg: ExperimentConfig, command: str) -> list[str]:
+    """Every check of ``--dry-run`` (:func:`agents.harness.validate.check`), for every run, before any work:
+    raises :class:`~agents.harness.validate.ConfigError` listing every problem; returns the notes."""
     from .validate import ConfigError, check
 
     problems, notes = check(cfg, command)
     if problems:
         raise ConfigError(problems)
+    return notes
+
+
+def dry_run(cfg: ExperimentConfig, command: str, gpu_gib: float = 80.0, notes: list[str] = ()) -> int:
+    """Print the resolved configuration (stdout, JSON) and the plan with its hardware estimate and the notes of
+    the checks (stderr); :func:`validate` has found no problem. Loads, downloads and writes nothing."""
+    from .plan import plan_text
+
     print(json.dumps(cfg.to_dict(), indent=2))
     text = plan_text(cfg, command, gpu_gib)
     if notes:
@@ -208,18 +230,19 @@ def cmd_train(args, cfg: ExperimentConfig) -> int:
         agent = build_agent(cfg, spec, seed)
     e, ref = cfg.eval, agent.ref_policy
     every = e.curve_every if args.eval_every is None else args.eval_every
-    curve = Evaluator(env, ref, e.curve_n_dialogues, e.seed + 1, sampling(cfg), e.temperature, 0, 200)
+    curve = Evaluator(env, ref, e.curve_n_dialogues, e.seed + 1, sampling(cfg), e.temperature, 0, 200,
+                      desc="curve point")
     res = train(agent, env, cfg.iterations, eval_every=every, out=out, eval_fn=lambda ag: curve(ag.policy, ag.sampling),
                 checkpoint_every=cfg.checkpoint_every, resume=not args.no_resume, progress=not args.no_progress)
     if not dist.is_main:  # the main process evaluates and writes
         return 0
     final = Evaluator(env, ref, e.n_dialogues, e.seed, sampling(cfg), e.temperature, e.examples,
-                      e.bootstrap)(agent.policy, agent.sampling)
+                      e.bootstrap, desc="final evaluation")(agent.policy, agent.sampling)
     (out / "eval.json").write_text(json.dumps({"budget": res.budget, "eval": final.to_dict()}, indent=2))
     text = _print_eval(final, f"{spec.label} (seed {seed}) after {agent.iteration} iterations, "
                               f"{res.budget['dialogues']} dialogues, {res.budget['tokens_generated']} tokens generated")
     (out / "eval.md").write_text(text + "\n")
-    print(f"[train] final checkpoint: {res.checkpoint}")
+    logger.info(f"[train] final checkpoint: {res.checkpoint}")
     return 0
 
 
@@ -240,7 +263,7 @@ def cmd_eval(args, cfg: ExperimentConfig) -> int:
     ref = policy.reference("pi_0") if policy.is_lora else load_reference(cfg.policy, cfg.env)
     e = cfg.eval
     res = Evaluator(env, ref, e.n_dialogues, e.seed, sampling(cfg), e.temperature, e.examples,
-                    e.bootstrap)(policy, params or sampling(cfg))
+                    e.bootstrap, desc="evaluation")(policy, params or sampling(cfg))
     text = _print_eval(res, f"{args.checkpoint}: {res.n_dialogues} held-out dialogues, temperature {res.temperature}")
     if args.out:
         out = Path(args.out)
@@ -255,43 +278,80 @@ def cmd_tune(args, cfg: ExperimentConfig) -> int:
     from .tune import run_tune
 
     out = Path(args.out)
-    res = run_tune(cfg, out, progress=not args.no_progress)
+    res = run_tune(cfg, out, progress=not args.no_progress, log=logger.info)
     print((out / "tuning.md").read_text())
     print(f"[tune] chosen settings: {out / 'tuned.json'} (use them with --set tuned=@{out / 'tuned.json'})")
     return 0 if res["chosen"] else 1
 
 
 def cmd_list(args, cfg=None) -> int:
-    from ..base import agent_registry
+    if "agents.base" in sys.modules:  # loaded already (plugins, or a caller): the registry as it stands
+        from ..base import agent_registry
 
+        names = agent_registry().names()
+    else:  # without importing torch: the built-in agents (tests/test_cli.py checks the list against the registry)
+        names = list(BUILTIN_AGENTS)
     print("presets:", ", ".join(PRESETS))
     print("standard rows:", ", ".join(f"{k} ({v.agent}{' ' + json.dumps(v.options) if v.options else ''})"
                                       for k, v in STANDARD_ROWS.items()))
-    print("registered agents:", ", ".join(agent_registry().names()))
+    print("registered agents:", ", ".join(names))
     return 0
+
+
+def prepare(args) -> tuple[ExperimentConfig | None, list[str], Path | None]:
+    """Everything checked before any work, in order: ``--out`` (and ``--checkpoint``), plugins, the configuration
+    and its every value. Returns (config, notes of the checks, the directory to lock)."""
+    out = check_out_dir(args.out) if getattr(args, "out", None) else None
+    if args.command == "eval":
+        from .build import checkpoint_model_dir
+
+        checkpoint_model_dir(args.checkpoint)
+    for mod in getattr(args, "imports", None) or []:
+        import_plugin(mod)
+    if args.command == "list":
+        return None, [], None
+    if args.command == "bench" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("the benchmark runs in one process; under `accelerate launch` train one agent "
+                         "(`-m agents train`)")
+    cfg = build_config(args)
+    if args.command == "train":
+        spec = agent_spec(args.agent)
+        if spec.agent in REFERENCE_ROWS:
+            raise ValueError(f"{spec.label} is a reference that is evaluated, not trained; pick an agent to train "
+                             "(refuel, rebel, dpo, ppo, sft, or a row such as REBEL-LT-MIXED)")
+        cfg.agents = [spec]
+    if args.command == "bench":
+        out = check_out_dir(bench_out(args, cfg))
+    check_agents(cfg)
+    notes = validate(cfg, args.command)
+    return cfg, notes, out
 
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    cfg = None
-    try:  # configuration errors: one clear line, exit status 2
-        for mod in getattr(args, "imports", None) or []:
-            import_plugin(mod)
-        if args.command != "list":
-            cfg = build_config(args)
-            if args.command == "train":
-                spec = agent_spec(args.agent)
-                if spec.agent in REFERENCE_ROWS:
-                    raise ValueError(f"{spec.label} is a reference that is evaluated, not trained; pick an agent to train "
-                                     "(refuel, rebel, dpo, ppo, sft, or a row such as REBEL-LT-MIXED)")
-                cfg.agents = [spec]
-            if args.command in ("bench", "train", "tune"):
-                check_agents(cfg)
-                if args.dry_run:
-                    return dry_run(cfg, args.command, args.gpu_gib)
+    verbosity = getattr(args, "verbose", 0) - getattr(args, "quiet", 0)
+    with console(verbosity, progress=not getattr(args, "no_progress", False)):
+        return run(args, "refuel " + " ".join(sys.argv[1:] if argv is None else argv))
+
+
+def run(args, command_line: str) -> int:
+    """The parsed command: checks, then (unless a dry run) the lock of ``--out``, then the work."""
+    try:  # problems found before any work: one clear message, exit status 2
+        cfg, notes, out = prepare(args)
+        if getattr(args, "dry_run", False):
+            return dry_run(cfg, args.command, args.gpu_gib, notes)
     except (KeyError, ValueError, TypeError, FileNotFoundError, ImportError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"refuel {args.command}: error: {msg}", file=sys.stderr)
+        logger.error(f"refuel {args.command}: error: {msg}")
+        return 2
+    for n in notes:
+        logger.warning(f"[refuel] note: {n}")
+    lock = RunLock(out, command_line) if out is not None and int(os.environ.get("RANK", "0")) == 0 else None
+    try:
+        if lock is not None:
+            lock.acquire()
+    except LockedError as e:
+        logger.error(f"refuel {args.command}: error: {e}")
         return 2
 
     def terminated(signum, frame):  # `kill` stops a run the way Ctrl-C does: finished work is kept, re-run resumes
@@ -305,11 +365,20 @@ def main(argv=None) -> int:
         return {"bench": cmd_bench, "train": cmd_train, "tune": cmd_tune, "eval": cmd_eval,
                 "list": cmd_list}[args.command](args, cfg)
     except KeyboardInterrupt:
-        print("\n[refuel] interrupted; run the same command again to resume from what finished", file=sys.stderr)
+        logger.warning("\n[refuel] interrupted; run the same command again to resume from what finished")
         return 130
+    except RuntimeError as e:
+        from .checkpoints import CheckpointError
+
+        if not isinstance(e, CheckpointError):
+            raise
+        logger.error(f"refuel {args.command}: error: {e}")
+        return 2
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        if lock is not None:
+            lock.release()
 
 
 if __name__ == "__main__":

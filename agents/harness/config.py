@@ -22,6 +22,38 @@ from typing import Any
 
 from .rows import DEFAULT_ROWS, STANDARD_ROWS, agent_spec
 
+_KINDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false", "dict": "a table",
+          "list": "a list", "None": "null"}
+
+
+def _fits(kind: str, v: Any) -> bool:
+    if kind == "int":
+        return isinstance(v, int) and not isinstance(v, bool)
+    if kind == "float":
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if kind == "None":
+        return v is None
+    return isinstance(v, {"str": str, "bool": bool, "dict": dict, "list": list}[kind])
+
+
+def check_types(obj: Any, prefix: str = "", skip: tuple = ()) -> None:
+    """Check every field of a config dataclass against its annotation (``int``, ``float``, ``str``, ``bool``,
+    ``dict``, ``list``, unions with ``None``; ``Any`` takes anything); a value that does not fit raises a
+    TypeError that names the key (``iterations must be an integer, got 'abc'``). Integral floats become ints."""
+    for f in dataclasses.fields(obj):
+        if f.name in skip or not isinstance(f.type, str) or f.type == "Any":
+            continue
+        kinds = [k.strip() for k in f.type.split("|")]
+        if not set(kinds) <= set(_KINDS):
+            continue  # an annotation this checker does not know: left to the field's own checks
+        v = getattr(obj, f.name)
+        if "int" in kinds and isinstance(v, float) and v.is_integer():
+            setattr(obj, f.name, int(v))
+            continue
+        if not any(_fits(k, v) for k in kinds):
+            want = " or ".join(_KINDS[k] for k in kinds)
+            raise TypeError(f"{prefix}{f.name} must be {want}, got {v!r}")
+
 
 @dataclass
 class EnvConfig:
@@ -45,6 +77,9 @@ class EnvConfig:
     """Longest message (characters; longer responses are cut); None: the env's default (1024)."""
     max_total_chars: int | None = None
     """Conversation length at which an episode is truncated; None: the env's default (16384)."""
+
+    def __post_init__(self):
+        check_types(self, "env.")
 
     def kwargs(self) -> dict:
         out = {"task": self.task, "task_kwargs": dict(self.task_kwargs), "max_turns": self.max_turns,
@@ -72,7 +107,7 @@ class PolicyConfig:
     """Weights dtype ("bfloat16", "float32", "auto"); None: as loaded (float32 for the built-in pi_0)."""
     device: str | None = None
     """Where the policy runs ("cuda", "cpu", "auto": CUDA when available); None: where it loads (the CPU)."""
-    lora: dict | None = None
+    lora: dict | bool | None = None
     """LoRA adapters through peft (``pip install 'refuel-env[peft]'``): a table of r, alpha, dropout,
     target_modules (or any other ``peft.LoraConfig`` field); ``{}`` or true: r=16, alpha=32, dropout=0.05,
     every linear layer but the output layer. Only the adapters train, and pi_0 is the same model with its
@@ -83,6 +118,9 @@ class PolicyConfig:
     """Rows per ``generate`` call of the policy (None: every dialogue in flight in one call)."""
     score_batch_size: int = 64
     """Rows per forward pass when the policy scores responses without gradients (log-probs at collection)."""
+
+    def __post_init__(self):
+        check_types(self, "policy.")
 
 
 @dataclass
@@ -104,6 +142,9 @@ class EvalConfig:
     """Example dialogues kept per agent."""
     bootstrap: int = 2000
     """Bootstrap resamples for the 95% confidence intervals."""
+
+    def __post_init__(self):
+        check_types(self, "eval.")
 
 
 @dataclass
@@ -158,23 +199,37 @@ class ExperimentConfig:
     """Name of the preset this config started from (informational)."""
 
     def __post_init__(self):
-        self.env = self.env if isinstance(self.env, EnvConfig) else EnvConfig(**self.env)
-        self.policy = self.policy if isinstance(self.policy, PolicyConfig) else PolicyConfig(**self.policy)
-        self.eval = self.eval if isinstance(self.eval, EvalConfig) else EvalConfig(**self.eval)
-        self.tune = self.tune if isinstance(self.tune, TuneConfig) else TuneConfig(**self.tune)
+        for name, cls in (("env", EnvConfig), ("policy", PolicyConfig), ("eval", EvalConfig),
+                          ("tune", TuneConfig)):
+            v = getattr(self, name)
+            if not isinstance(v, cls):
+                if not isinstance(v, dict):
+                    raise TypeError(f"{name} must be a table of {cls.__name__} fields, got {v!r}")
+                setattr(self, name, cls(**v))
         if isinstance(self.agents, str):
             self.agents = [a for a in self.agents.split(",") if a.strip()]
+        if not isinstance(self.agents, (list, tuple)):
+            raise TypeError(f"agents must be a list of rows (labels, agent names or tables) or \"refuel,ppo\", "
+                            f"got {self.agents!r}")
         self.agents = [agent_spec(a) for a in self.agents]
         labels = [a.label for a in self.agents]
         if len(set(labels)) != len(labels):
             raise ValueError(f"agent labels must be unique, got {labels}; give repeated agents distinct labels")
-        if isinstance(self.seeds, (int, str)):
-            self.seeds = [int(s) for s in str(self.seeds).split(",") if s.strip()]
-        self.seeds = [int(s) for s in self.seeds]
+        seeds = self.seeds
+        try:
+            if isinstance(seeds, (int, str)) and not isinstance(seeds, bool):
+                seeds = [s for s in str(seeds).split(",") if s.strip()]
+            if not isinstance(seeds, (list, tuple)) or any(isinstance(s, (bool, float)) for s in seeds):
+                raise ValueError
+            self.seeds = [int(s) for s in seeds]
+        except (TypeError, ValueError):
+            raise TypeError(f"seeds must be a list of integers (or \"0,1,2\"), got {self.seeds!r}") from None
+        check_types(self, skip=("env", "policy", "eval", "agents", "seeds"))
         if not self.seeds:
             raise ValueError("seeds must list at least one seed")
         if self.iterations < 0 or self.pairs_per_iteration < 1:
-            raise ValueError("need iterations >= 0 and pairs_per_iteration >= 1")
+            raise ValueError(f"need iterations >= 0 and pairs_per_iteration >= 1, got {self.iterations} and "
+                             f"{self.pairs_per_iteration}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -31,6 +31,7 @@ import numpy as np
 from refuel_env.core import machine_of
 from refuel_env.types import SamplingParams
 
+from ..engine import progress as progress_bars
 from ..engine.policy import Policy
 from ..engine.rollout import RolloutEngine
 
@@ -89,15 +90,16 @@ DEFAULT_SAMPLING = SamplingParams(max_new_tokens=24, temperature=1.0)
 
 
 def rollout(speaker: Any, env: Any, n: int, seed: int, params: SamplingParams = DEFAULT_SAMPLING,
-            horizon: int | None = None) -> Rollouts:
+            horizon: int | None = None, on_turn=None) -> Rollouts:
     """n held-out dialogues of ``speaker`` (a Policy, sampled with ``params``, or anything with ``act``), all with
-    horizon H_max."""
+    horizon H_max; ``on_turn(live_states)`` after every batched turn."""
     eng = RolloutEngine(env)
     H = int(horizon or eng.machine.max_turns)
     t0 = time.perf_counter()
     temp = float(params.temperature) if isinstance(speaker, Policy) else float("nan")
     finals, snaps = eng.dialogues(n, speaker, np.random.default_rng([seed, 0]), params, split="eval",
-                                  horizons=[H] * n, snapshots=True, sampling_rng=np.random.default_rng([seed, 1]))
+                                  horizons=[H] * n, snapshots=True, sampling_rng=np.random.default_rng([seed, 1]),
+                                  on_turn=on_turn)
     return Rollouts(finals, snaps, int(eng.stats["tokens_generated"]), time.perf_counter() - t0, seed, temp)
 
 
@@ -112,7 +114,7 @@ def score_at_turn(state, h: int) -> float:
     return float(state.scores[min(h, len(state.scores)) - 1]) if state.scores else float("nan")
 
 
-def compare_at_turns(judge: Any, a: Rollouts, b: Rollouts, horizon: int) -> np.ndarray:
+def compare_at_turns(judge: Any, a: Rollouts, b: Rollouts, horizon: int, on_turn=None) -> np.ndarray:
     """[n, H]: probability that dialogue i of ``a`` beats that of ``b`` at turn h (0.5 a tie).
     ONE batched ``judge.compare`` call per turn; judges without ``compare`` are compared by ``score``."""
     if len(a.finals) != len(b.finals):
@@ -132,6 +134,8 @@ def compare_at_turns(judge: Any, a: Rollouts, b: Rollouts, horizon: int) -> np.n
             vb = np.array([x.value for x in judge.score(sb)])
             p = np.where(va == vb, 0.5, (va > vb).astype(float))
         out[:, h - 1] = p
+        if on_turn is not None:
+            on_turn(h)
     return out
 
 
@@ -191,11 +195,13 @@ class Evaluator:
         temperature: sampling temperature of both sides; None: the evaluated policy's.
         examples: example dialogue pairs kept in the result.
         n_boot: bootstrap resamples.
+        progress: a progress bar per evaluation (None: unless progress bars are off process-wide).
+        desc: the bar's label.
     """
 
     def __init__(self, env: Any, reference: Any, n_dialogues: int = 64, seed: int = 1234,
                  params: SamplingParams | None = None, temperature: float | None = None, examples: int = 3,
-                 n_boot: int = 2000):
+                 n_boot: int = 2000, progress: bool | None = None, desc: str = "evaluating"):
         if n_dialogues < 1:
             raise ValueError(f"n_dialogues must be >= 1, got {n_dialogues}")
         self.env, self.reference = env, reference
@@ -204,12 +210,19 @@ class Evaluator:
         self.n, self.seed, self.temperature = int(n_dialogues), int(seed), temperature
         self.examples, self.n_boot = int(examples), int(n_boot)
         self.horizon = int(self.machine.max_turns)
+        self.progress, self.desc = progress, desc
         self._ref_cache: dict = {}
+        self._bar = None
+
+    def _tick(self, *_) -> None:
+        if self._bar is not None:
+            self._bar.update(1)
 
     def reference_rollouts(self, temperature: float) -> Rollouts:
         if temperature not in self._ref_cache:
             params = dataclasses.replace(self.params, temperature=temperature)
-            self._ref_cache[temperature] = rollout(self.reference, self.env, self.n, self.seed, params, self.horizon)
+            self._ref_cache[temperature] = rollout(self.reference, self.env, self.n, self.seed, params, self.horizon,
+                                                   on_turn=self._tick)
         return self._ref_cache[temperature]
 
     def __call__(self, policy: Any, params: SamplingParams | None = None) -> EvalResult:
@@ -223,14 +236,22 @@ class Evaluator:
             temp = float(self.temperature)
         else:
             temp = float(params.temperature if isinstance(policy, Policy) else self.params.temperature)
-        ref = self.reference_rollouts(temp)
-        mine = ref if policy is self.reference else rollout(policy, self.env, self.n, self.seed,
-                                                            dataclasses.replace(params, temperature=temp), self.horizon)
-        return self.result(mine, ref)
+        H = self.horizon  # bar: turns of pi_0's side (once per temperature), of the policy's side, judged turns
+        total = H * ((temp not in self._ref_cache) + (policy is not self.reference) + 1)
+        self._bar = progress_bars.bar(self.progress, total=total, desc=self.desc, unit="turn", leave=False)
+        try:
+            ref = self.reference_rollouts(temp)
+            mine = ref if policy is self.reference else rollout(policy, self.env, self.n, self.seed,
+                                                                dataclasses.replace(params, temperature=temp), H,
+                                                                on_turn=self._tick)
+            return self.result(mine, ref)
+        finally:
+            self._bar.close()
+            self._bar = None
 
     def result(self, mine: Rollouts, ref: Rollouts) -> EvalResult:
         H = self.horizon
-        wins = compare_at_turns(self.machine.judge, mine, ref, H)
+        wins = compare_at_turns(self.machine.judge, mine, ref, H, on_turn=self._tick)
         scores = np.array([[score_at_turn(s, h) for h in range(1, H + 1)] for s in mine.finals])
         ref_scores = np.array([[score_at_turn(s, h) for h in range(1, H + 1)] for s in ref.finals])
         examples = []

@@ -73,8 +73,9 @@ def _paper(prompts: str = "ultrainteract") -> ExperimentConfig:
     Policy Llama-3-8B-Instruct, full fine-tuning in bf16; user simulator Llama-3.1-70B-Instruct with the
     paper's prompt, served by vLLM or any OpenAI-compatible server (``vllm serve
     meta-llama/Meta-Llama-3.1-70B-Instruct --tensor-parallel-size 4``; base URL from ``$REFUEL_USER_BASE_URL``
-    or ``$OPENAI_BASE_URL``, API key from ``$OPENAI_API_KEY``); judge ArmoRM (its custom code needs the
-    explicit ``trust_remote_code=True`` set here); H ~ U{1..5}; sampling temperature 0.8, responses up to
+    or ``$OPENAI_BASE_URL``, API key from ``$OPENAI_API_KEY``); judge ArmoRM, whose custom code runs only with
+    the user's own ``--set env.task_kwargs.trust_remote_code=true`` (the preset leaves it off: every run and dry
+    run refuses it until then, saying so); H ~ U{1..5}; sampling temperature 0.8, responses up to
     1024 tokens (both sides); REFUEL with eta = 1 (the reference code's default), lr 3e-7, a gradient step
     per 128 pairs (the paper's batch size), one pass over each iteration's pairs, two iterations.
 
@@ -90,9 +91,10 @@ def _paper(prompts: str = "ultrainteract") -> ExperimentConfig:
     from refuel_env.tasks.open_chat import PAPER_TASK_KWARGS
 
     base_url = next((os.environ[k] for k in USER_BASE_URL_ENV if os.environ.get(k)), "http://127.0.0.1:8000/v1")
-    task_kwargs = {k: v for k, v in PAPER_TASK_KWARGS.items() if k != "max_turns"}  # env.max_turns says it
+    # env.max_turns says max_turns; trust_remote_code is the user's own choice (--set ...=true), never a preset's
+    task_kwargs = {k: v for k, v in PAPER_TASK_KWARGS.items() if k not in ("max_turns", "trust_remote_code")}
     task_kwargs.update(prompts=prompts, backend="openai", user_model=PAPER_USER, reward_model=PAPER_JUDGE,
-                       judge="reward-model", trust_remote_code=True,
+                       judge="reward-model",
                        user_params={"max_new_tokens": 1024, "temperature": 0.8},
                        backend_kwargs={"base_url": base_url, "api_key_env": "OPENAI_API_KEY", "timeout": 600.0,
                                        "concurrency": 32})

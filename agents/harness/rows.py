@@ -68,6 +68,8 @@ PAPER_ROWS = ["pi_0", "EXPERT", "POSITIVE-CONTROL", "NEGATIVE-CONTROL", "REFUEL"
               "REBEL-LT-MIXED", "REBEL-MT", "DPO-LT-OFFLINE", "DPO-LT-MIXED", "DPO-MT", "DPO-ONLINE", "PPO"]
 """The comparison's rows: references, controls, REFUEL, the paper's baselines, PPO."""
 DEFAULT_ROWS = ["pi_0", "REFUEL", "REBEL-LT-MIXED", "DPO-LT-MIXED", "DPO-ONLINE", "PPO"]
+BUILTIN_AGENTS = ("dpo", "ppo", "rebel", "refuel", "sft")
+"""The agents :mod:`agents.algorithms` registers (``refuel list`` shows them without importing torch)."""
 
 
 def agent_spec(item: Any) -> AgentSpec:
@@ -77,8 +79,9 @@ def agent_spec(item: Any) -> AgentSpec:
     if isinstance(item, dict):
         known = {"label", "agent", "options", "env", "negate", "tune_as"}
         bad = set(item) - known
-        if bad or "agent" not in item:
-            raise ValueError(f"a row table takes {sorted(known)} (agent required), got {sorted(item)}")
+        if bad or not isinstance(item.get("agent"), str) or not isinstance(item.get("options", {}), dict):
+            raise ValueError(f"a row table takes {sorted(known)} (agent = <a registered agent name> required, options "
+                             f"as a table), got {item!r}")
         return AgentSpec(label=item.get("label", item["agent"]), agent=item["agent"],
                          options=dict(item.get("options", {})), env=dict(item.get("env", {})),
                          negate=tuple(item.get("negate", ())), tune_as=item.get("tune_as"))

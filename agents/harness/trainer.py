@@ -10,11 +10,14 @@ Writes, under ``out``:
   and empty batches, and evaluation scalars (``eval/...``) when evaluated;
 - ``tb/``: the same scalars for TensorBoard (``tensorboard --logdir out``), plus the evaluation score
   against the dialogues sampled so far (``eval_by_dialogues/...``);
-- ``checkpoints/latest`` (every ``checkpoint_every`` iterations, written atomically) and
-  ``checkpoints/final``: Hugging Face-format checkpoints by ``agent.save`` (safetensors policy, config,
-  optimiser and random state) plus ``trainer_state.json`` (the cumulated budget).
+- ``checkpoints/latest`` (every ``checkpoint_every`` iterations), ``checkpoints/previous`` (the one before)
+  and ``checkpoints/final``: checkpoints by ``agent.save`` (a Hugging Face model directory that
+  ``from_pretrained`` loads, plus optimiser and random state) and ``trainer_state.json`` (the cumulated
+  budget and a manifest of the files), written atomically (see :mod:`agents.harness.checkpoints`).
 
-Resuming (``resume=True``, the default) loads ``checkpoints/latest`` and goes on to ``iterations``
+Resuming (``resume=True``, the default) loads ``checkpoints/latest`` (or, when a file of it is damaged,
+``checkpoints/previous``: reported by file name, and counted in ``metrics.jsonl`` as
+``resume/damaged_checkpoints``) and goes on to ``iterations``
 (a total, not a count of more iterations); metrics lines of iterations after the checkpoint (from a
 run killed between logging and checkpointing) are dropped, so that the log matches the run. A run
 killed and resumed reaches the same parameters as an uninterrupted run with the same seed: all the
@@ -28,8 +31,8 @@ progress (``out`` must be on a file system every process sees, for resuming).
 
 from __future__ import annotations
 
-import contextlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -38,7 +41,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from tqdm.auto import tqdm
+from ..engine import progress as progress_bars
+from .checkpoints import latest_checkpoint, quiet_hf, resume as resume_checkpoint, save_checkpoint, set_aside
+
+__all__ = ["TrainResult", "train", "read_metrics", "latest_checkpoint", "save_checkpoint", "quiet_hf",
+           "default_eval_fn"]
+logger = logging.getLogger(__name__)
 
 BUDGET_KEYS = ("dialogues", "tokens_generated", "examples")
 DROP_KEYS = ("ended_before_branch", "identical_responses", "nonfinite_returns", "unusable_pairs", "template_errors")
@@ -56,6 +64,8 @@ class TrainResult:
     """The iteration the run resumed from (0: a fresh run)."""
     iterations_run: int = 0
     """Iterations this call ran."""
+    damaged_checkpoints: list = field(default_factory=list)
+    """Checkpoints this call found damaged and passed over when resuming ("path: problem")."""
 
 
 def _finite_scalars(d: dict) -> dict:
@@ -72,16 +82,6 @@ def _json_safe(v):
     if isinstance(v, float) and not math.isfinite(v):
         return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
     return v
-
-
-def latest_checkpoint(out: str | Path) -> Path | None:
-    """The newest complete trainer checkpoint under ``out`` (``checkpoints/latest``), if any."""
-    ck = Path(out) / "checkpoints"
-    for name in ("latest", "latest.old"):  # latest.old survives a kill in the middle of a swap
-        p = ck / name
-        if (p / "trainer_state.json").exists():
-            return p
-    return None
 
 
 def read_metrics(out: str | Path) -> list[dict]:
@@ -106,37 +106,6 @@ def _write_metrics(out: Path, rows: list[dict]) -> None:
     os.replace(tmp, out / "metrics.jsonl")
 
 
-@contextlib.contextmanager
-def quiet_hf():
-    """Hide the progress bars ``transformers`` shows when saving and loading (restored afterwards)."""
-    from transformers.utils import logging as hf_logging
-
-    was = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was:
-            hf_logging.enable_progress_bar()
-
-
-def save_checkpoint(agent: Any, path: Path, state: dict) -> None:
-    """``agent.save`` into ``path`` atomically (a tmp directory renamed into place; the old one kept until
-    the new one is complete)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    old = path.with_name(path.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    with quiet_hf():
-        agent.save(tmp)
-    (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
-    if path.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def default_eval_fn(env: Any, n_dialogues: int = 32, seed: int = 1234) -> Callable:
     """Per-turn win rate against the agent's frozen reference and mean judge score on held-out dialogues."""
     from .evaluate import Evaluator
@@ -154,8 +123,8 @@ def default_eval_fn(env: Any, n_dialogues: int = 32, seed: int = 1234) -> Callab
 
 
 def train(agent: Any, env: Any, iterations: int, eval_every: int = 0, out: str | Path | None = None,
-          eval_fn: Callable | None = None, checkpoint_every: int = 1, resume: bool = True, progress: bool = True,
-          tensorboard: bool = True, desc: str | None = None, log: Callable = print) -> TrainResult:
+          eval_fn: Callable | None = None, checkpoint_every: int = 1, resume: bool = True, progress: bool | None = None,
+          tensorboard: bool = True, desc: str | None = None, log: Callable = logger.info) -> TrainResult:
     """Train ``agent`` on ``env`` up to ``iterations`` iterations (a total: a resumed run goes on from its checkpoint).
 
     Args:
@@ -170,7 +139,8 @@ def train(agent: Any, env: Any, iterations: int, eval_every: int = 0, out: str |
         checkpoint_every: save ``checkpoints/latest`` every this many iterations (0: only the final one).
         resume: continue from ``out/checkpoints/latest`` when it exists; False starts over (and clears ``out``'s
             metrics, TensorBoard logs and checkpoints).
-        progress: show a tqdm progress bar.
+        progress: show a tqdm progress bar (None: unless progress bars are off process-wide).
+        log: where messages go (default: this module's logger, at INFO).
     """
     if iterations < 0:
         raise ValueError(f"iterations must be >= 0, got {iterations}")
@@ -184,21 +154,27 @@ def train(agent: Any, env: Any, iterations: int, eval_every: int = 0, out: str |
     budget = {"iterations": 0, **{k: 0 for k in BUDGET_KEYS}, "wall_seconds": 0.0, "collect_seconds": 0.0,
               "update_seconds": 0.0, "eval_seconds": 0.0}
     history: list[dict] = []
-    resumed_from = 0
+    resumed_from = fallbacks = 0
+    damaged: list = []
     if out is not None:
         if main:
             out.mkdir(parents=True, exist_ok=True)
         dist.barrier()
-        ckpt = latest_checkpoint(out) if resume else None
+        ckpt, saved, damaged = resume_checkpoint(agent, out) if resume else (None, None, [])
+        dist.barrier()  # every process has loaded before the main one moves damaged checkpoints aside
+        if main and damaged:
+            set_aside(damaged, log_fn=logger.warning)
+        fallbacks = int((saved or {}).get("damaged_checkpoints", 0)) + len(damaged)
         if ckpt is not None:
-            with quiet_hf():
-                agent.load(ckpt)
-            budget.update(json.loads((ckpt / "trainer_state.json").read_text())["budget"])
+            budget.update(saved["budget"])
             resumed_from = int(agent.iteration)
             history = [r for r in read_metrics(out) if r.get("iteration", 0) <= resumed_from]
             if main:
                 _write_metrics(out, history)
-            log(f"[train] resumed {getattr(agent, 'name', type(agent).__name__)} from {ckpt} at iteration {resumed_from}")
+            passed = f" (passed over {len(damaged)} damaged checkpoint(s): {ckpt.name} is the newest usable one)" \
+                if damaged else ""
+            log(f"[train] resumed {getattr(agent, 'name', type(agent).__name__)} from {ckpt} at iteration "
+                f"{resumed_from}{passed}")
         elif main:  # a fresh start: stale logs of an earlier run (or of one killed before its first checkpoint) go
             for p in ("metrics.jsonl", "tb", "checkpoints"):
                 q = out / p
@@ -253,7 +229,10 @@ def train(agent: Any, env: Any, iterations: int, eval_every: int = 0, out: str |
         return scal
 
     def state() -> dict:
-        return {"budget": dict(budget), "iteration": int(agent.iteration)}
+        return {"budget": dict(budget), "iteration": int(agent.iteration), "damaged_checkpoints": fallbacks}
+
+    def save_latest() -> None:  # the one it replaces is kept as checkpoints/previous
+        save_checkpoint(agent, out / "checkpoints" / "latest", state(), previous=out / "checkpoints" / "previous")
 
     if eval_every and agent.iteration == 0 and not any(r.get("iteration") == 0 for r in history):
         rec = {"iteration": 0, **{k: budget[k] for k in ("dialogues", "tokens_generated", "examples")},
@@ -261,8 +240,8 @@ def train(agent: Any, env: Any, iterations: int, eval_every: int = 0, out: str |
         evaluate(rec)
         emit(rec)
 
-    bar = tqdm(total=iterations, initial=min(agent.iteration, iterations), desc=desc or getattr(agent, "name", "train"),
-               disable=not progress, dynamic_ncols=True, leave=True)
+    bar = progress_bars.bar(progress, total=iterations, initial=min(agent.iteration, iterations),
+                            desc=desc or getattr(agent, "name", "train"), leave=True)
     ran = 0
     try:
         while agent.iteration < iterations:
@@ -284,6 +263,7 @@ def train(agent: Any, env: Any, iterations: int, eval_every: int = 0, out: str |
                    **{f"batch/{k}": v for k, v in _finite_scalars(stats).items()},
                    **{(f"update/{k}" if k in reserved else k): v for k, v in _finite_scalars(metrics).items()},
                    **{f"skipped/{k}": v for k, v in dict(getattr(agent, "skipped", {}) or {}).items()},
+                   **({"resume/damaged_checkpoints": fallbacks} if fallbacks else {}),
                    "collect_seconds": t1 - t0, "update_seconds": t2 - t1}
             if eval_every and (it % eval_every == 0 or it == iterations):
                 evaluate(rec)
@@ -291,7 +271,7 @@ def train(agent: Any, env: Any, iterations: int, eval_every: int = 0, out: str |
             rec["wall_seconds"] = budget["wall_seconds"]
             emit(rec)
             if write is not None and checkpoint_every and (it % checkpoint_every == 0 or it == iterations):
-                save_checkpoint(agent, write / "checkpoints" / "latest", state())
+                save_latest()
             ran += 1
             bar.update(1)
             post = {"loss": rec.get("loss"), "return": stats.get("mean_return")}
@@ -309,7 +289,8 @@ def train(agent: Any, env: Any, iterations: int, eval_every: int = 0, out: str |
         if main and (ran or not (final / "trainer_state.json").exists()):
             save_checkpoint(agent, final, state())
             if not checkpoint_every:
-                save_checkpoint(agent, out / "checkpoints" / "latest", state())
+                save_latest()
         dist.barrier()  # the final checkpoint exists for every process when train returns
     return TrainResult(history=history, budget=dict(budget), checkpoint=str(final) if final else None,
-                       resumed_from=resumed_from, iterations_run=ran)
+                       resumed_from=resumed_from, iterations_run=ran,
+                       damaged_checkpoints=[f"{p}: {m}" for p, m in damaged])

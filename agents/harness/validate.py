@@ -6,7 +6,8 @@ and so does every real run before it starts).
 What is checked: the registered names (task, user, judge, generation back end, agents); that the keyword
 arguments of the task, its back end, the user and the judge are ones they take (by their signatures); each
 row's agent options, by building the agent's own ``Config`` (whose ``__post_init__`` validates them: the
-checks live with what they check); run and evaluation sizes; LoRA options.
+checks live with what they check); run and evaluation sizes; LoRA options; that a model which needs
+``trust_remote_code`` gets it only from the user (:mod:`agents.harness.remote_code`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import typing
 from typing import Any
 
 from .hardware import DTYPES
+from .remote_code import check_remote_code
 
 
 class ConfigError(ValueError):
@@ -146,9 +148,7 @@ def check(cfg: Any, command: str = "train") -> tuple[list[str], list[str]]:
         problems.append(f"env.horizon must be 'uniform', 'fixed' or an int in 1..{env.max_turns}, got {env.horizon!r}")
     _number(problems, "env.max_message_chars", env.max_message_chars, lo=1, integer=True, allow_none=True)
     _number(problems, "env.max_total_chars", env.max_total_chars, lo=1, integer=True, allow_none=True)
-    if tk.get("trust_remote_code"):
-        notes.append(f"the judge {tk.get('reward_model')!r} loads with trust_remote_code=True (explicit in this config): "
-                     "its own modelling code from the hub runs in this process")
+    check_remote_code(cfg, problems, notes)  # never implied by a preset: the user's explicit choice, said out loud
     prompts = tk.get("prompts")
     if prompts in ("hh", "ultrainteract"):
         notes.append(f"prompts {prompts!r} come from the Hugging Face hub (datasets.load_dataset) at the first real run; "
