@@ -101,7 +101,7 @@ def test_paper_preset_is_a_valid_task_configuration(monkeypatch):
     rows = [{"trajectory": [{"from": "user", "value": f"task {i}"}], "chosen": "x"} for i in range(20)]
     monkeypatch.setattr(datasets, "load_dataset", lambda name, split: rows)
     task = OpenChatTask(**PAPER_TASK_KWARGS)
-    assert (task.max_turns, task.backend, task.default_judge, task.trust_remote_code) == (5, "vllm", "reward-model", True)
+    assert (task.max_turns, task.backend, task.judge_kind, task.trust_remote_code) == (5, "vllm", "reward-model", True)
     assert len(task.prompts["eval"]) == 4 and len(task.prompts["train"]) == 16
     assert task.user_params == SamplingParams(max_new_tokens=1024, temperature=0.8)
 

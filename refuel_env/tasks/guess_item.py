@@ -22,6 +22,7 @@ import numpy as np
 
 from ..registry import TASKS
 from ..types import Conversation, DialogueState, JudgeScore, UserTurn
+from ..validation import MAX_TURNS, as_bool, as_choice, as_int, as_real
 
 # attribute name -> (question phrasings, keywords that identify it in a question)
 ATTRIBUTES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -39,6 +40,7 @@ ATTRIBUTES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "climbs": (("Can it climb trees?", "Does it climb trees?", "Is it a climber?"), ("climb",)),
 }
 ATTRIBUTE_NAMES = tuple(ATTRIBUTES)
+_COLUMN = {a: i for i, a in enumerate(ATTRIBUTE_NAMES)}
 
 # name: mammal big water flies pet hunts legs climbs. The first 8 are separated by the first
 # three attributes alone (a perfect binary code), so that 3 questions always suffice for 8 items.
@@ -99,33 +101,54 @@ class GuessItemTask:
 
     def __init__(self, n_items: int = 8, max_turns: int = 4, noise: float = 0.0, phrasing: str = "varied",
                  reveal_candidates: bool = True):
-        if not 2 <= n_items <= len(CATALOGUE):
-            raise ValueError(f"n_items must be in 2..{len(CATALOGUE)}, got {n_items}")
-        if max_turns < 1:
-            raise ValueError(f"max_turns must be >= 1, got {max_turns}")
-        if not 0.0 <= noise < 0.5:
-            raise ValueError(f"noise must be in [0, 0.5), got {noise}")
-        if phrasing not in ("varied", "fixed"):
-            raise ValueError(f"phrasing must be 'varied' or 'fixed', got {phrasing!r}")
-        self.n_items, self.max_turns, self.noise, self.phrasing = n_items, max_turns, noise, phrasing
-        self.reveal_candidates = bool(reveal_candidates)
+        self.n_items = as_int(n_items, "n_items", 2, len(CATALOGUE))
+        self.max_turns = as_int(max_turns, "max_turns", 1, MAX_TURNS)
+        self.noise = as_real(noise, "noise", 0.0, 0.5, hi_open=True)
+        self.phrasing = as_choice(phrasing, "phrasing", ("varied", "fixed"))
+        self.reveal_candidates = as_bool(reveal_candidates, "reveal_candidates")
         self.items: tuple[str, ...] = tuple(list(CATALOGUE)[:n_items])
         self.table = np.array([CATALOGUE[i] for i in self.items], dtype=bool)  # [items, attributes]
         self._item_re = re.compile(r"\b(" + "|".join(sorted(CATALOGUE, key=len, reverse=True)) + r")s?\b")
         self._attr_res = [(a, re.compile(r"\b(" + "|".join(map(re.escape, kw)) + r")")) for a, (_, kw) in ATTRIBUTES.items()]
-        # memo tables (speed: the same texts and fact sets recur across a batch); both hold immutable values
+        # memo tables (speed: the same texts and fact sets recur across a batch); all hold immutable values
         self._parse_memo: dict[str, Parsed] = {}
         self._posterior_memo: dict[tuple, np.ndarray] = {}
+        self._best_memo: dict[tuple, float] = {}
+        self._candidates_memo: dict[tuple, str] = {}
+        self._openings: dict[int, str] = {}
 
     # ----------------------------------------------------------------- episodes
     def opening(self, horizon: int) -> str:
-        turns = "1 turn: make your guess now" if horizon == 1 else (
-            f"{horizon} turns: ask yes/no questions about one attribute at a time, and guess on turn {horizon}")
-        return f"I am thinking of one of these animals: {', '.join(self.items)}. You have {turns}."
+        text = self._openings.get(horizon)
+        if text is None:
+            turns = "1 turn: make your guess now" if horizon == 1 else (
+                f"{horizon} turns: ask yes/no questions about one attribute at a time, and guess on turn {horizon}")
+            text = self._openings[horizon] = f"I am thinking of one of these animals: {', '.join(self.items)}. You have {turns}."
+        return text
 
     def new_episode(self, rng: np.random.Generator, horizon: int, split: str = "train") -> tuple[Conversation, Any, dict]:
         goal = self.items[int(rng.integers(self.n_items))]
         return [{"role": "user", "content": self.opening(horizon)}], goal, {"facts": [], "solved": False}
+
+    def check_goal(self, goal: Any) -> str:
+        """The goal as a plain str if it is one of this task's items; a ValueError that lists them otherwise."""
+        if not isinstance(goal, str) or goal not in self.items:
+            raise ValueError(f"the hidden goal must be one of this task's items ({', '.join(self.items)}), got {goal!r}")
+        return str.__str__(goal)
+
+    def check_memory(self, memory: dict) -> None:
+        """Raise a ValueError if ``memory`` is not this task's: ``{"facts": [[kind, key, answer], ...], "solved": bool}``
+        with kind "attr" (key an attribute) or "guess" (key an animal) and a bool answer."""
+        facts, solved = memory.get("facts"), memory.get("solved")
+        fix = "; rebuild it with task.memory_from_prefix(messages, goal)"
+        if not isinstance(facts, list) or not isinstance(solved, bool):
+            raise ValueError(f"the memory must hold 'facts' (a list) and 'solved' (a bool), got {memory!r:.200}{fix}")
+        for f in facts:
+            ok = isinstance(f, (list, tuple)) and len(f) == 3 and isinstance(f[2], bool) and (
+                (f[0] == "attr" and f[1] in ATTRIBUTE_NAMES) or (f[0] == "guess" and f[1] in CATALOGUE))
+            if not ok:
+                raise ValueError(f"the memory has a malformed fact {f!r}; a fact is ['attr', attribute, bool] or "
+                                 f"['guess', animal, bool]{fix}")
 
     def memory_from_prefix(self, messages: Conversation, goal: Any = None) -> dict:
         """Rebuild the facts of a dialogue from its text alone (as the assistant sees them)."""
@@ -165,7 +188,7 @@ class GuessItemTask:
         return Parsed("too_many" if hits else "unclear")
 
     def answer(self, goal: str, attribute: str) -> bool:
-        return bool(CATALOGUE[goal][ATTRIBUTE_NAMES.index(attribute)])
+        return bool(CATALOGUE[goal][_COLUMN[attribute]])
 
     def posterior(self, facts: Sequence) -> np.ndarray:
         """P(item | answers so far), exact under the noise model (a read-only array)."""
@@ -193,6 +216,30 @@ class GuessItemTask:
             return np.full(self.n_items, 1.0 / self.n_items)
         p = np.exp(logp - logp.max())
         return p / p.sum()
+
+    @staticmethod
+    def _memo(memo: dict, facts: Sequence, compute: Any) -> Any:
+        """``compute(facts)``, memoised on the facts as they are (every function memoised here ignores their
+        order, and equal facts give equal keys; facts that cannot be hashed are computed every time)."""
+        try:
+            key = tuple(map(tuple, facts))
+            out = memo.get(key)
+        except TypeError:
+            return compute(facts)
+        if out is None:
+            out = compute(facts)
+            if len(memo) >= 65536:
+                memo.clear()
+            memo[key] = out
+        return out
+
+    def best_posterior(self, facts: Sequence) -> float:
+        """The largest posterior probability of an item (memoised)."""
+        return self._memo(self._best_memo, facts, lambda f: float(self.posterior(f).max()))
+
+    def candidates_text(self, facts: Sequence) -> str:
+        """``", ".join(self.candidates(facts))`` (memoised)."""
+        return self._memo(self._candidates_memo, facts, lambda f: ", ".join(self.candidates(f)))
 
     def candidates(self, facts: Sequence) -> list[str]:
         """Items consistent with every answer given (all not-yet-excluded items if the answers contradict)."""
@@ -227,40 +274,46 @@ class GuessItemTask:
 
 
 class GuessItemUser:
-    """Scripted user of the guess-item task. Batched: one call answers every dialogue."""
+    """Scripted user of the guess-item task. Batched: one call answers every dialogue.
+
+    It never mutates a state's memory in place: it assigns a new dict (``replaces_memory``), so the machine's
+    rollback keeps the old one by reference instead of copying it."""
+
+    replaces_memory = True
 
     def __init__(self, task: GuessItemTask):
         self.task = task
 
-    def _pick(self, rng: np.random.Generator, options: tuple[str, ...]) -> str:
-        return options[0] if self.task.phrasing == "fixed" else options[int(rng.integers(len(options)))]
-
     def reply(self, states: Sequence[DialogueState]) -> list[UserTurn]:
-        out = []
+        task, out = self.task, []
+        parsed, parse, candidates = task._parse_memo, task.parse, task.candidates_text
+        fixed, noise, reveal = task.phrasing == "fixed", task.noise, task.reveal_candidates
         for s in states:
-            p = self.task.parse(s.last_assistant)
-            end = False
-            if p.kind == "guess":
+            last = s.messages[-1] if s.messages else None
+            said_text = last["content"] if last is not None and last["role"] == "assistant" else s.last_assistant
+            p = parsed.get(said_text) or parse(said_text)
+            kind, end = p.kind, False
+            if kind == "guess":
                 correct = p.key == s.goal
-                s.memory["facts"].append(["guess", p.key, correct])
+                s.memory = memory = {**s.memory, "facts": [*s.memory["facts"], ["guess", p.key, correct]]}
                 if correct:
-                    s.memory["solved"] = True
+                    memory["solved"] = True
                     text, end = RIGHT.format(item=p.key), True
                 else:
                     text = WRONG.format(item=p.key)
-            elif p.kind == "question":
-                truth = self.task.answer(s.goal, p.key)
-                flip = self.task.noise > 0 and s.user_rng.random() < self.task.noise
-                said = truth != flip
-                s.memory["facts"].append(["attr", p.key, said])
-                text = self._pick(s.user_rng, YES if said else NO)
+            elif kind == "question":
+                truth = bool(CATALOGUE[s.goal][_COLUMN[p.key]])
+                said = truth != (noise > 0 and s.user_rng.random() < noise)
+                s.memory = {**s.memory, "facts": [*s.memory["facts"], ["attr", p.key, said]]}
+                options = YES if said else NO
+                text = options[0] if fixed else options[int(s.user_rng.integers(len(options)))]
             else:
-                text = TOO_MANY if p.kind == "too_many" else UNCLEAR
-            if not end and self.task.reveal_candidates and p.kind in ("guess", "question"):
-                text = f"{text} {POSSIBLE.format(items=', '.join(self.task.candidates(s.memory['facts'])))}"
+                text = TOO_MANY if kind == "too_many" else UNCLEAR
+            if not end and reveal and (kind == "guess" or kind == "question"):
+                text = f"{text} {POSSIBLE.format(items=candidates(s.memory['facts']))}"
             if not end and s.turn == s.horizon - 1:
                 text = f"{text} {FINAL}"
-            out.append(UserTurn(text, end=end, cost={"user_calls": 1}))
+            out.append(UserTurn(text, end, {"user_calls": 1}))
         return out
 
 
@@ -268,6 +321,7 @@ class GuessItemJudge:
     """Rule judge: 1 for a correct guess; before the horizon, the best guess's posterior probability."""
 
     name = "guess-item-rule"
+    replaces_memory = True  # it only reads the memory
 
     def __init__(self, task: GuessItemTask):
         self.task = task
@@ -280,12 +334,26 @@ class GuessItemJudge:
         elif s.turn >= s.horizon:
             value, how = 0.0, "final turn without a correct guess"
         else:
-            value, how = float(self.task.posterior(s.memory["facts"]).max()), "best-guess posterior"
+            value, how = self.task.best_posterior(s.memory["facts"]), "best-guess posterior"
         return JudgeScore(value, components={"correct_guess": float(guessed or bool(s.memory.get("solved")))},
                           provenance={"judge": self.name, "rule": how}, cost={"judge_calls": 1})
 
     def score(self, states: Sequence[DialogueState]) -> list[JudgeScore]:
-        return [self._one(s) for s in states]
+        task, name, out = self.task, self.name, []
+        parsed, parse, best = task._parse_memo, task.parse, task.best_posterior
+        for s in states:  # _one, inlined: this runs for every dialogue at every step
+            last = s.messages[-1] if s.messages else None
+            said_text = last["content"] if last is not None and last["role"] == "assistant" else s.last_assistant
+            p = parsed.get(said_text) or parse(said_text)
+            memory = s.memory
+            if (p.kind == "guess" and p.key == s.goal) or memory.get("solved"):
+                value, how, correct = 1.0, "correct guess", 1.0
+            elif s.turn >= s.horizon:
+                value, how, correct = 0.0, "final turn without a correct guess", 0.0
+            else:
+                value, how, correct = best(memory["facts"]), "best-guess posterior", 0.0
+            out.append(JudgeScore(value, {"correct_guess": correct}, {"judge": name, "rule": how}, {"judge_calls": 1}))
+        return out
 
     def compare(self, states_a: Sequence[DialogueState], states_b: Sequence[DialogueState]) -> list[float]:
         out = []
