@@ -8,8 +8,11 @@ step t returns its final observation, reward and info; at step t+1 its action is
 reset (observation of the new episode, reward 0, ``terminated = truncated = False``).
 
 Options of ``reset``: those of the single env, applied to every sub-env, plus ``states`` (a list of
-N :class:`DialogueState`, restored one per sub-env: branching in a batch), ``horizons`` (a list of N
-ints) and ``split``.
+N :class:`DialogueState`, restored one per sub-env: branching in a batch; a restored state that has ended is
+reset at the next step, as after its last step), ``horizons`` (a list of N ints) and ``split``. With ``states``
+(or ``state``), ``horizon``, ``goal`` and ``split`` apply to the episodes of later autoresets. Every option and seed
+is checked before anything changes: a refused reset leaves every sub-env and the env's random state as they were.
+``step`` takes a list (or 1-D array) of N messages; a single str is refused.
 """
 
 from __future__ import annotations
@@ -113,7 +116,7 @@ class RefuelVectorEnv(VectorEnv):
             rng.bit_generator.state = saved
             raise
         self.states, self._options = states, later
-        self._needs_reset[:] = False
+        self._needs_reset[:] = [s.done for s in states]  # a restored state that has ended is reset at the next step
         return self._obs(), {"turn": np.array([s.turn for s in states]), "horizon": np.array([s.horizon for s in states])}
 
     # ------------------------------------------------------------------ step
