@@ -136,8 +136,8 @@ def _table_of(entropies: Sequence[Sequence[int]]) -> tuple[list[int], list[tuple
 
 def seed_states(entropies: Sequence[Sequence[int]]) -> list[np.ndarray]:
     """:func:`seed_state` of many entropies, in one vectorised pass where they fit it (see :func:`seed_table`)."""
-    cols = _table_of(entropies)
-    if cols is None or len(entropies) < VECTOR_MIN:
+    cols = None if len(entropies) < VECTOR_MIN else _table_of(entropies)
+    if cols is None:
         return [seed_state(e) for e in entropies]
     return list(seed_table(*cols))
 

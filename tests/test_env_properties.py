@@ -21,7 +21,7 @@ import refuel_env  # noqa: F401
 from refuel_env import EnvError, JudgeError, UserSimulatorError
 from refuel_env.tasks.guess_item import GuessItemTask
 
-from bad_input_matrix import canon, snapshot
+from env_probe import canon, snapshot
 
 N = 3
 TEXTS = ["Is it a mammal?", "Does it live in water?", "Can it fly?", "Is it a cat?", "My guess is whale.", "",
