@@ -23,6 +23,7 @@ from bad_input_matrix import all_cases, run
 CASES = all_cases()
 
 
+@pytest.mark.filterwarnings("ignore:.*render_mode")  # gymnasium warns before the env refuses render_mode="human"
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_bad_input_is_refused_clearly_and_changes_nothing(case):
     out = run(case)

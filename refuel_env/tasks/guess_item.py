@@ -233,13 +233,27 @@ class GuessItemTask:
             memo[key] = out
         return out
 
+    def _best(self, facts: Sequence) -> float:
+        return float(self.posterior(facts).max())
+
+    def _candidates_text(self, facts: Sequence) -> str:
+        return ", ".join(self.candidates(facts))
+
     def best_posterior(self, facts: Sequence) -> float:
         """The largest posterior probability of an item (memoised)."""
-        return self._memo(self._best_memo, facts, lambda f: float(self.posterior(f).max()))
+        try:  # the memo hit, inlined: the judge asks this for every dialogue at every step
+            out = self._best_memo.get(tuple(map(tuple, facts)))
+        except TypeError:
+            out = None
+        return out if out is not None else self._memo(self._best_memo, facts, self._best)
 
     def candidates_text(self, facts: Sequence) -> str:
         """``", ".join(self.candidates(facts))`` (memoised)."""
-        return self._memo(self._candidates_memo, facts, lambda f: ", ".join(self.candidates(f)))
+        try:
+            out = self._candidates_memo.get(tuple(map(tuple, facts)))
+        except TypeError:
+            out = None
+        return out if out is not None else self._memo(self._candidates_memo, facts, self._candidates_text)
 
     def candidates(self, facts: Sequence) -> list[str]:
         """Items consistent with every answer given (all not-yet-excluded items if the answers contradict)."""
