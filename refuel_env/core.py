@@ -16,17 +16,20 @@ state is rolled back and the error says what to do.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
-from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 
 from . import backends, judges, tasks, users  # noqa: F401  (register the built-in components)
+from . import rng as _rng
+from .infos import StepColumns, StepResult, step_results
 from .registry import JUDGES, TASKS, USERS
 from .types import DialogueState, JudgeScore, UserTurn
+from .validation import (MAX_CHARS, MAX_TURNS, as_choice, as_dict, as_int, as_list, as_text, check_new_state_options,
+                         check_user_turn, judge_value)
+
 
 
 class EnvError(RuntimeError):
@@ -39,14 +42,6 @@ class UserSimulatorError(EnvError):
 
 class JudgeError(EnvError):
     pass
-
-
-@dataclass
-class StepResult:
-    reward: float
-    terminated: bool
-    truncated: bool
-    info: dict = field(default_factory=dict)
 
 
 def build_component(registry, spec, task, kind: str, **kwargs):
@@ -67,24 +62,6 @@ def build_component(registry, spec, task, kind: str, **kwargs):
         raise TypeError(f"{kind}={spec!r} is neither a registered name nor an object with a "
                         f"{'reply(states)' if kind == 'user' else 'score(states)'} method")
     return spec
-
-
-_ATOMS = (str, int, float, bool, type(None))
-
-
-def _copy_plain(x: Any) -> Any:
-    """A deep copy of plain data (dicts, lists and tuples of str/int/float/bool/None), several times faster
-    than ``copy.deepcopy`` for the small task memories snapshotted at every step; anything else is deep-copied."""
-    t = type(x)
-    if t in _ATOMS:
-        return x
-    if t is dict:
-        return {k: _copy_plain(v) for k, v in x.items()}
-    if t is list:
-        return [_copy_plain(v) for v in x]
-    if t is tuple:
-        return tuple(_copy_plain(v) for v in x)
-    return copy.deepcopy(x)
 
 
 class DialogueMachine:
@@ -109,23 +86,31 @@ class DialogueMachine:
                  judge: Any = "rule", max_turns: int | None = None, horizon: Any = "uniform",
                  reward_mode: str = "terminal", max_message_chars: int = 1024, max_total_chars: int = 16384,
                  user_kwargs: dict | None = None, judge_kwargs: dict | None = None):
-        task_kwargs = dict(task_kwargs or {})
-        if max_turns is not None and isinstance(task, str):
-            task_kwargs["max_turns"] = max_turns
+        task_kwargs = as_dict(task_kwargs, "task_kwargs", "pass the task family's keyword arguments as a dict")
+        if max_turns is not None:
+            max_turns = as_int(max_turns, "max_turns", 1, MAX_TURNS)
+            if isinstance(task, str):
+                task_kwargs["max_turns"] = max_turns
+        if not isinstance(task, str) and not all(hasattr(task, a) for a in ("task_id", "max_turns")):
+            raise TypeError(f"task={task!r} is neither a registered name ({', '.join(TASKS.names())}) nor a task object "
+                            "(with task_id, max_turns, new_episode, ...; see refuel_env.protocols.Task)")
         self.task = TASKS.make(task, **task_kwargs)
         if max_turns is not None and not isinstance(task, str) and self.task.max_turns != max_turns:
             raise ValueError(f"max_turns={max_turns} disagrees with the task object's max_turns={self.task.max_turns}")
-        self.max_turns = int(self.task.max_turns)
-        if reward_mode not in ("terminal", "per_turn"):
-            raise ValueError(f"reward_mode must be 'terminal' or 'per_turn', got {reward_mode!r}")
-        if not (horizon in ("uniform", "fixed") or (isinstance(horizon, int) and 1 <= horizon <= self.max_turns)):
+        self.max_turns = as_int(self.task.max_turns, "the task's max_turns", 1, MAX_TURNS)
+        self.reward_mode = as_choice(reward_mode, "reward_mode", ("terminal", "per_turn"))
+        if isinstance(horizon, str) and horizon in ("uniform", "fixed"):
+            self.horizon = str.__str__(horizon)
+        elif isinstance(horizon, (int, np.integer)) and not isinstance(horizon, (bool, np.bool_)) \
+                and 1 <= horizon <= self.max_turns:
+            self.horizon = int(horizon)
+        else:
             raise ValueError(f"horizon must be 'uniform', 'fixed' or an int in 1..{self.max_turns}, got {horizon!r}")
-        if max_message_chars < 1 or max_total_chars < max_message_chars:
-            raise ValueError("need 1 <= max_message_chars <= max_total_chars")
-        self.horizon, self.reward_mode = horizon, reward_mode
-        self.max_message_chars, self.max_total_chars = int(max_message_chars), int(max_total_chars)
-        self.user = build_component(USERS, user, self.task, "user", **(user_kwargs or {}))
-        self.judge = build_component(JUDGES, judge, self.task, "judge", **(judge_kwargs or {}))
+        self.max_message_chars = as_int(max_message_chars, "max_message_chars", 1, MAX_CHARS)
+        self.max_total_chars = as_int(max_total_chars, "max_total_chars", self.max_message_chars, MAX_CHARS,
+                                      "need 1 <= max_message_chars <= max_total_chars")
+        self.user = build_component(USERS, user, self.task, "user", **as_dict(user_kwargs, "user_kwargs"))
+        self.judge = build_component(JUDGES, judge, self.task, "judge", **as_dict(judge_kwargs, "judge_kwargs"))
         self.stats = {"user_calls": 0, "judge_calls": 0, "user_seconds": 0.0, "judge_seconds": 0.0, "steps": 0}
 
     # ------------------------------------------------------------------ episodes
@@ -134,80 +119,99 @@ class DialogueMachine:
             return int(rng.integers(1, self.max_turns + 1))
         return self.max_turns if self.horizon == "fixed" else int(self.horizon)
 
+    def check_options(self, options: Any, name: str = "options") -> dict:
+        """``options`` of :meth:`new_state`, every value checked and in canonical form (a restored ``state`` as a
+        checked :class:`DialogueState`, a ``prefix`` as new message dicts); raises before anything is used."""
+        return check_new_state_options(options, self.task, self.max_turns, self.max_total_chars, name)
+
     def new_state(self, episode_seed: int, options: dict | None = None) -> DialogueState:
         """A fresh dialogue, or one given by ``options``: ``state`` (restore), ``prefix`` (start from
-        messages), ``horizon`` (force H), ``goal`` (force the hidden goal), ``split`` ("train"/"eval")."""
-        options = options or {}
-        if "state" in options:
-            s = options["state"]
-            s = DialogueState.from_dict(s) if isinstance(s, dict) else s
-            if not isinstance(s, DialogueState):
-                raise TypeError("options['state'] must be a DialogueState or its to_dict() form")
-            if s.task_id != self.task.task_id:
-                raise ValueError(f"state is from task {s.task_id!r}, this env runs {self.task.task_id!r}")
-            return s.copy()
-        split = options.get("split", "train")
-        if split not in ("train", "eval"):
-            raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
-        rng = np.random.default_rng([episode_seed, 0, 0 if split == "train" else 1])
-        horizon = int(options.get("horizon") or self.sample_horizon(rng))
-        if not 1 <= horizon <= self.max_turns:
-            raise ValueError(f"horizon {horizon} outside 1..{self.max_turns}")
-        messages, goal, memory = self.task.new_episode(rng, horizon, split=split)
-        if "goal" in options:
-            goal = options["goal"]
-        s = DialogueState(self.task.task_id, messages, goal, horizon,
-                          user_rng=np.random.default_rng([episode_seed, 1]),
-                          judge_rng=np.random.default_rng([episode_seed, 2]), memory=memory)
-        if "prefix" in options:
-            prefix = [dict(m) for m in options["prefix"]]
-            if not prefix or prefix[-1]["role"] != "user" or any(m.get("role") not in ("system", "user", "assistant") for m in prefix):
-                raise ValueError("options['prefix'] must be a list of chat messages that ends with a user message")
-            s.messages = prefix
-            s.turn = sum(m["role"] == "assistant" for m in prefix)
-            if "horizon" not in options:
-                s.horizon = max(s.horizon, s.turn + 1)
-            if not s.turn < s.horizon <= self.max_turns:
-                raise ValueError(f"the prefix has {s.turn} assistant turns, so the horizon must be in "
-                                 f"{s.turn + 1}..{self.max_turns}; got {s.horizon}")
-            s.memory = self.task.memory_from_prefix(prefix, s.goal)
-        return s
+        messages), ``horizon`` (force H), ``goal`` (force the hidden goal), ``split`` ("train"/"eval").
+        Everything is checked before anything is built: a bad option raises and changes nothing."""
+        return self.new_states([episode_seed], options)[0]
 
     def new_states(self, seeds: Sequence[int], options: dict | None = None,
                    per_dialogue: Sequence[dict] | None = None) -> list[DialogueState]:
         """N fresh dialogues, one per episode seed; ``options`` as in :meth:`new_state` (for all of them),
         ``per_dialogue``: options of each one (e.g. ``[{"horizon": 2}, {"horizon": 4}]``)."""
-        if per_dialogue is not None and len(per_dialogue) != len(seeds):
-            raise ValueError(f"got {len(per_dialogue)} per-dialogue options for {len(seeds)} seeds")
-        return [self.new_state(int(seed), {**(options or {}), **(per_dialogue[i] if per_dialogue else {})})
-                for i, seed in enumerate(seeds)]
+        seeds = [x if type(x) is int and x >= 0 else as_int(x, f"seeds[{i}]", 0, None, "episode seeds are non-negative ints")
+                 for i, x in enumerate(as_list(seeds, "seeds", what="seeds"))]
+        if per_dialogue is not None:
+            per_dialogue = as_list(per_dialogue, "per_dialogue", what="option dicts")
+            if len(per_dialogue) != len(seeds):
+                raise ValueError(f"got {len(per_dialogue)} per-dialogue options for {len(seeds)} seeds")
+            common = as_dict(options, "options")
+            opts = [self.check_options({**common, **as_dict(p, f"per_dialogue[{i}]")}, f"per_dialogue[{i}]")
+                    for i, p in enumerate(per_dialogue)]
+        else:
+            opts = [self.check_options(options)] * len(seeds)
+        fresh = [i for i, o in enumerate(opts) if "state" not in o]
+        rngs, users, judges = _rng.dialogue_rngs([seeds[i] for i in fresh],
+                                                 [0 if opts[i]["split"] == "train" else 1 for i in fresh])
+        out: list[Any] = [o["state"].copy() if "state" in o else None for o in opts]
+        for k, i in enumerate(fresh):
+            out[i] = self._fresh(opts[i], rngs[k], users[k], judges[k])
+        return out
+
+    def _fresh(self, opts: dict, rng: np.random.Generator, user_rng: Any, judge_rng: Any) -> DialogueState:
+        """A new dialogue from checked options and its generators (see :func:`refuel_env.rng.dialogue_rngs`)."""
+        horizon = opts.get("horizon") or self.sample_horizon(rng)
+        messages, goal, memory = self.task.new_episode(rng, horizon, split=opts["split"])
+        if "goal" in opts:
+            goal = opts["goal"]
+        s = DialogueState._new(self.task.task_id, messages, goal, horizon, user_rng, judge_rng, memory)
+        if "prefix" in opts:
+            s.messages = [dict(m) for m in opts["prefix"]]
+            s.turn = sum(m["role"] == "assistant" for m in s.messages)
+            if opts.get("horizon") is None:
+                s.horizon = max(s.horizon, s.turn + 1)
+            s.memory = self.task.memory_from_prefix(s.messages, s.goal)
+        return s
 
     @staticmethod
     def branch(state: DialogueState, k: int = 2) -> list[DialogueState]:
         """``k`` independent deep copies of ``state`` (same hidden goal, same user and judge random states):
         stepping one never touches the others or the original."""
-        return [state.copy() for _ in range(int(k))]
+        if not isinstance(state, DialogueState):
+            raise TypeError(f"branch() takes a DialogueState, got {type(state).__name__}")
+        return [state.copy() for _ in range(as_int(k, "k", 0, None))]
 
     def observation(self, s: DialogueState) -> dict:
-        return {"messages": tuple({"role": m["role"], "content": m["content"]} for m in s.messages), "turn": s.turn}
+        return {"messages": tuple([{"role": m["role"], "content": m["content"]} for m in s.messages]), "turn": s.turn}
 
     # ------------------------------------------------------------------ stepping
-    def validate(self, states: Sequence[DialogueState], actions: Sequence[Any]) -> None:
+    def validate(self, states: Sequence[DialogueState], actions: Sequence[Any]) -> list[str]:
+        """Check a batch of actions (and that no dialogue has ended); return them as plain ``str``. Changes nothing."""
+        if not isinstance(actions, (list, tuple)):
+            actions = as_list(actions, "actions", what="actions")
         if len(states) != len(actions):
             raise ValueError(f"got {len(actions)} actions for {len(states)} dialogues")
+        limit, out = self.max_message_chars, []
         for i, (s, a) in enumerate(zip(states, actions)):
-            where = f" (dialogue {i})" if len(states) > 1 else ""
-            if s.done:
-                raise EnvError(f"step() called after the episode ended{where}; call reset() first")
-            if not isinstance(a, str):
-                raise TypeError(f"the action must be the assistant's message as a str, got {type(a).__name__}{where}; "
-                                "decode token ids with your tokenizer first")
-            if len(a) > self.max_message_chars:
-                raise ValueError(f"assistant message of {len(a)} characters is longer than max_message_chars="
-                                 f"{self.max_message_chars}{where}; truncate it or make the env with a larger max_message_chars")
+            if type(a) is not str or not a.isascii() or len(a) > limit or type(s) is not DialogueState or s.done:
+                a = self._check_action(states, i, a)
+            out.append(a)
+        return out
+
+    def _check_action(self, states: Sequence[DialogueState], i: int, a: Any) -> str:
+        where, s = (f" (dialogue {i})" if len(states) > 1 else ""), states[i]
+        if not isinstance(s, DialogueState):
+            raise TypeError(f"states[{i}] is a {type(s).__name__}, not a DialogueState; make states with "
+                            "new_state()/new_states()")
+        if s.done:
+            raise EnvError(f"step() called after the episode ended{where}; call reset() first")
+        if not isinstance(a, str):
+            raise TypeError(f"the action must be the assistant's message as a str, got {type(a).__name__}{where}; "
+                            "decode token ids with your tokenizer first")
+        a = as_text(a, f"the assistant's message{where}")
+        if len(a) > self.max_message_chars:
+            raise ValueError(f"assistant message of {len(a)} characters is longer than max_message_chars="
+                             f"{self.max_message_chars}{where}; truncate it or make the env with a larger max_message_chars")
+        return a
 
     def validate_user_replies(self, states: Sequence[DialogueState], user_replies: Sequence[Any]) -> list:
         """Check replies from an external user (see :meth:`step`); return them as ``UserTurn`` or None."""
+        user_replies = as_list(user_replies, "user_replies", what="replies")
         if len(user_replies) != len(states):
             raise ValueError(f"got {len(user_replies)} user replies for {len(states)} dialogues; pass one per "
                              "dialogue (None where the simulator should reply)")
@@ -221,6 +225,7 @@ class DialogueMachine:
                 r = UserTurn(r)
             if not isinstance(r, UserTurn) or not isinstance(r.content, str):
                 raise TypeError(f"a user reply must be a str, a UserTurn or None, got {type(r).__name__}{where}")
+            r = check_user_turn(r, f"the user's reply{where}", TypeError, ValueError)
             if len(r.content) > self.max_message_chars:
                 raise ValueError(f"user message of {len(r.content)} characters is longer than max_message_chars="
                                  f"{self.max_message_chars}{where}; shorten it or make the env with a larger max_message_chars")
@@ -240,18 +245,23 @@ class DialogueMachine:
         used verbatim and the task memory is rebuilt from the text with ``task.memory_from_prefix``. The
         simulator is called once, for the dialogues that have no external reply.
         """
-        self.validate(states, actions)
+        return step_results(self.step_columns(states, actions, user_replies))
+
+    def step_columns(self, states: Sequence[DialogueState], actions: Sequence[str],
+                     user_replies: Sequence[Any] | None = None) -> StepColumns:
+        """:meth:`step`, with its outcome as columns (one list per quantity) rather than one StepResult per
+        dialogue: what the vector env builds its batched infos from."""
+        actions = self.validate(states, actions)
         replies_in = None if user_replies is None else self.validate_user_replies(states, user_replies)
-        saved = [(len(s.messages), s.turn, _copy_plain(s.memory), s.user_rng.bit_generator.state,
-                  s.judge_rng.bit_generator.state, len(s.scores), s.done, s.ended_by_user) for s in states]
+        # the memory needs no copy when neither component mutates it in place (see protocols.UserSimulator)
+        copy_memory = not (getattr(self.user, "replaces_memory", False) is True
+                           and getattr(self.judge, "replaces_memory", False) is True)
+        saved = [s._checkpoint(copy_memory) for s in states]
         try:
             return self._step(states, actions, replies_in)
         except BaseException:
-            for s, (n, turn, mem, urng, jrng, ns, done, ended) in zip(states, saved):
-                del s.messages[n:]
-                del s.scores[ns:]
-                s.turn, s.memory, s.done, s.ended_by_user = turn, mem, done, ended
-                s.user_rng.bit_generator.state, s.judge_rng.bit_generator.state = urng, jrng
+            for s, checkpoint in zip(reversed(states), reversed(saved)):
+                s._rollback(checkpoint)
             raise
 
     def _call(self, component, method: str, batch: list, kind: str, error, fix: str, item: str, what: str) -> list:
@@ -271,7 +281,7 @@ class DialogueMachine:
         return out
 
     def _step(self, states: Sequence[DialogueState], actions: Sequence[str],
-              replies_in: Sequence[UserTurn | None] | None = None) -> list[StepResult]:
+              replies_in: Sequence[UserTurn | None] | None = None) -> StepColumns:
         for s, a in zip(states, actions):
             s.messages.append({"role": "assistant", "content": a})
             s.turn += 1
@@ -289,44 +299,52 @@ class DialogueMachine:
         if cont:
             out = self._call(self.user, "reply", [states[i] for i in cont], "user", UserSimulatorError,
                              "retry step() with the same action, or fix the simulator", "UserTurn", "replies")
-            bad = [type(r).__name__ for r in out if not isinstance(r, UserTurn)]
-            if bad:
-                raise UserSimulatorError(f"user simulator returned {bad[0]} where a UserTurn was expected; reply() must "
-                                         "return refuel_env.UserTurn objects (the step was rolled back)")
-            replies.update(zip(cont, out))
+            for i, r in zip(cont, out):
+                if type(r) is not UserTurn or type(r.content) is not str or not r.content.isascii() \
+                        or type(r.end) is not bool or type(r.cost) is not dict:
+                    if not isinstance(r, UserTurn):
+                        raise UserSimulatorError(f"user simulator returned {type(r).__name__} where a UserTurn was "
+                                                 "expected; reply() must return refuel_env.UserTurn objects (the step "
+                                                 "was rolled back)")
+                    r = check_user_turn(r, f"user simulator {type(self.user).__name__}'s reply to dialogue {i} (the "
+                                           "step was rolled back)", UserSimulatorError, UserSimulatorError)
+                replies[i] = r
         # ONE batched judge call, on the dialogues as they stand after the assistant turn
         scores = self._call(self.judge, "score", list(states), "judge", JudgeError, "retry step() or fix the judge",
                             "JudgeScore", "scores")
-        results = []
-        for i, (s, js) in enumerate(zip(states, scores)):
-            if not isinstance(js, JudgeScore) or not math.isfinite(js.value):
-                raise JudgeError(f"judge {type(self.judge).__name__} returned {getattr(js, 'value', js)!r} for dialogue {i}; "
-                                 "a judge must return a finite JudgeScore (the step was rolled back)")
-            prev = s.scores[-1] if s.scores else 0.0
-            s.scores.append(float(js.value))
-            info = {"turn": s.turn, "horizon": s.horizon, "score": float(js.value), "scores": list(s.scores),
-                    "judge": {"components": dict(js.components), "provenance": dict(js.provenance)},
-                    "cost": {**js.cost}}
-            reply = replies.get(i)
+        values = [js.value if type(js) is JudgeScore and type(js.value) is float and math.isfinite(js.value)
+                  and type(js.components) is dict and type(js.provenance) is dict and type(js.cost) is dict
+                  else judge_value(js, i, self.judge, JudgeError) for i, js in enumerate(scores)]
+        per_turn, limit, total = self.reward_mode == "per_turn", self.max_message_chars, self.max_total_chars
+        c = StepColumns(list(states), score=values, judged=scores)
+        history, appended, clipped_, reward_, terminated_, truncated_, turn_, horizon_, ended_ = (
+            c.scores, c.replies, c.clipped, c.reward, c.terminated, c.truncated, c.turn, c.horizon, c.ended_by_user)
+        for i, (s, value) in enumerate(zip(states, values)):
+            scores_i = s.scores
+            prev = scores_i[-1] if scores_i else 0.0
+            scores_i.append(value)
+            reply, clipped = replies.get(i), False
             if reply is not None:
-                text = reply.content if isinstance(reply.content, str) else str(reply.content)
-                if len(text) > self.max_message_chars:
-                    text, info["user_clipped"] = text[: self.max_message_chars], True
+                text = reply.content
+                if len(text) > limit:
+                    text, clipped = text[:limit], True
                 s.messages.append({"role": "user", "content": text})
-                for k, v in reply.cost.items():
-                    info["cost"][k] = info["cost"].get(k, 0) + v
-                s.ended_by_user = bool(reply.end)
-            terminated = s.turn >= s.horizon or s.ended_by_user
-            truncated = not terminated and sum(len(m["content"]) for m in s.messages) > self.max_total_chars
-            s.done = terminated or truncated
-            info["ended_by_user"] = s.ended_by_user
-            if self.reward_mode == "per_turn":
-                reward = float(js.value) - prev
-            else:
-                reward = float(js.value) if s.done else 0.0
-            results.append(StepResult(reward, terminated, truncated, info))
+                s.ended_by_user = reply.end
+            turn, horizon, ended = s.turn, s.horizon, s.ended_by_user
+            terminated = turn >= horizon or ended
+            truncated = not terminated and sum([len(m["content"]) for m in s.messages]) > total
+            s.done = done = terminated or truncated
+            history.append(scores_i[:])
+            appended.append(reply)
+            clipped_.append(clipped)
+            reward_.append(value - prev if per_turn else (value if done else 0.0))
+            terminated_.append(terminated)
+            truncated_.append(truncated)
+            turn_.append(turn)
+            horizon_.append(horizon)
+            ended_.append(ended)
         self.stats["steps"] += 1
-        return results
+        return c
 
 
 def machine_of(env: Any) -> DialogueMachine:

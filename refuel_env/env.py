@@ -21,6 +21,7 @@ import gymnasium as gym
 from .core import DialogueMachine
 from .spaces import MessageText, observation_space
 from .types import DialogueState
+from .validation import as_seed
 
 
 class RefuelDialogueEnv(gym.Env):
@@ -46,10 +47,22 @@ class RefuelDialogueEnv(gym.Env):
         return self.machine.stats
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
-        super().reset(seed=seed)
-        episode_seed = int(self.np_random.integers(2**62))
-        self.state = self.machine.new_state(episode_seed, options)
-        return self.machine.observation(self.state), {"turn": self.state.turn, "horizon": self.state.horizon}
+        """Start a new episode (options: see :meth:`DialogueMachine.new_state`). Transactional: a bad seed or
+        option raises, and the env keeps its dialogue and its random state as they were."""
+        seed = as_seed(seed)
+        options = self.machine.check_options(options)
+        rng, rng_seed = self._np_random, self._np_random_seed
+        saved = None if rng is None else rng.bit_generator.state
+        try:
+            super().reset(seed=seed)
+            state = self.machine.new_state(int(self.np_random.integers(2**62)), options)
+        except BaseException:
+            self._np_random, self._np_random_seed = rng, rng_seed
+            if saved is not None:
+                rng.bit_generator.state = saved
+            raise
+        self.state = state
+        return self.machine.observation(state), {"turn": state.turn, "horizon": state.horizon}
 
     def step(self, action: str):
         if self.state is None:

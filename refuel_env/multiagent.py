@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from typing import Any
 
 import numpy as np
@@ -53,6 +54,7 @@ from pettingzoo.utils.wrappers import OrderEnforcingWrapper
 from .core import DialogueMachine, StepResult
 from .spaces import MessageText, message_space
 from .types import DialogueState, UserTurn
+from .validation import NEW_STATE_OPTIONS, as_choice, as_dict, as_seed, as_text
 
 ASSISTANT, USER = "assistant", "user"
 END_MARKER = "[END]"
@@ -81,9 +83,7 @@ class raw_env(AECEnv):
         super().__init__()
         if render_mode not in (None, "ansi"):
             raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
-        if user_reward not in ("shared", "zero"):
-            raise ValueError(f"user_reward must be 'shared' or 'zero', got {user_reward!r}")
-        self.render_mode, self.user_reward = render_mode, user_reward
+        self.render_mode, self.user_reward = render_mode, as_choice(user_reward, "user_reward", ("shared", "zero"))
         self.machine = DialogueMachine(**kwargs)
         self.possible_agents = [ASSISTANT, USER]
         n, h = self.machine.max_total_chars, self.machine.max_turns
@@ -108,10 +108,27 @@ class raw_env(AECEnv):
         return self.machine.task
 
     def reset(self, seed: int | None = None, options: dict | None = None) -> None:
-        # the same seeding as RefuelDialogueEnv.reset, so that equal seeds give equal dialogues
-        if seed is not None or self._np_random is None:
-            self._np_random, _ = seeding.np_random(seed)
-        self.dialogue = self.machine.new_state(int(self._np_random.integers(2**62)), options)
+        """Start a dialogue (options: see ``DialogueMachine.new_state``). Transactional: a bad seed or option
+        raises, and the env keeps its dialogue, its turn and its random state as they were."""
+        seed = as_seed(seed)
+        options = as_dict(options, "reset(options=...)")
+        unknown = [k for k in options if k not in NEW_STATE_OPTIONS]
+        if unknown:  # PettingZoo's api_test resets with options={"options": 1}: say so, but go on
+            warnings.warn(f"ignoring unknown reset option(s) {', '.join(map(repr, unknown))}; known: "
+                          f"{', '.join(map(repr, NEW_STATE_OPTIONS))}", stacklevel=2)
+            options = {k: v for k, v in options.items() if k in NEW_STATE_OPTIONS}
+        options = self.machine.check_options(options)
+        rng, saved = self._np_random, (None if self._np_random is None else self._np_random.bit_generator.state)
+        try:  # the same seeding as RefuelDialogueEnv.reset, so that equal seeds give equal dialogues
+            if seed is not None or self._np_random is None:
+                self._np_random, _ = seeding.np_random(seed)
+            dialogue = self.machine.new_state(int(self._np_random.integers(2**62)), options)
+        except BaseException:
+            self._np_random = rng
+            if saved is not None:
+                rng.bit_generator.state = saved
+            raise
+        self.dialogue = dialogue
         self._pending, self._preview = None, None
         self.agents = self.possible_agents[:]
         self.rewards = {a: 0.0 for a in self.agents}
@@ -137,8 +154,10 @@ class raw_env(AECEnv):
         if self.terminations[agent] or self.truncations[agent]:
             self._was_dead_step(action)
             return
+        if self.dialogue is None:
+            raise RuntimeError("call reset() before step()")
         if agent == ASSISTANT:
-            self.machine.validate([self.dialogue], [action])  # a bad message raises here and changes nothing
+            (action,) = self.machine.validate([self.dialogue], [action])  # a bad message raises and changes nothing
             if self.dialogue.turn + 1 >= self.dialogue.horizon:  # the last turn: no user reply follows
                 self._apply(self.machine.step([self.dialogue], [action])[0])
             else:
@@ -150,6 +169,7 @@ class raw_env(AECEnv):
         if not isinstance(action, str):
             raise TypeError(f"the user's action must be its message as a str, got {type(action).__name__}; "
                             f"end the message with {END_MARKER!r} to close the dialogue")
+        action = as_text(action, "the user's message")
         content, end = split_end_marker(action)
         if self._preview is not None and self._preview[:2] == (content, end):
             # the user seat said what the simulator said (SimulatedUser): adopt that very step

@@ -30,6 +30,15 @@ class Task(Protocol):
     def memory_from_prefix(self, messages: Conversation, goal: Any) -> dict:
         """Rebuild the task memory for a dialogue that starts from a given prefix."""
 
+    def check_goal(self, goal: Any) -> Any:
+        """Return ``goal`` (in canonical form, e.g. a plain str) if it is a hidden goal this task can have, and
+        raise a ValueError or TypeError that says which goals are valid otherwise. Called on ``reset`` options and
+        restored states before anything is assigned (a task object without it accepts any goal)."""
+
+    def check_memory(self, memory: dict) -> None:
+        """Raise a ValueError or TypeError if ``memory`` is not a memory of this task (a restored state's);
+        the env has already checked that it is a dict (a task object without it accepts any dict)."""
+
     def make_scripted_user(self, **kwargs: Any) -> "UserSimulator":
         """The task's own user simulator (``user="scripted"``)."""
 
@@ -50,6 +59,10 @@ class Task(Protocol):
 
 @runtime_checkable
 class UserSimulator(Protocol):
+    """Optional attribute ``replaces_memory = True``: the simulator never mutates a state's ``memory`` in place
+    (it assigns a new dict when it changes it). When the user and the judge both say so, a step keeps the old
+    memory by reference for its rollback instead of copying it. Leave it out if unsure: the default copies."""
+
     def reply(self, states: Sequence[DialogueState]) -> list[UserTurn]:
         """The user's next message for each dialogue (each ends with an assistant message).
 
@@ -59,6 +72,9 @@ class UserSimulator(Protocol):
 
 @runtime_checkable
 class Judge(Protocol):
+    """Optional attribute ``replaces_memory = True``, as for :class:`UserSimulator` (a judge that only reads the
+    memory may say so)."""
+
     def score(self, states: Sequence[DialogueState]) -> list[JudgeScore]:
         """Score each dialogue as it stands after its latest assistant turn."""
 

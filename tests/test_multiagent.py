@@ -21,6 +21,7 @@ EXPECTED_WARNINGS = (
     "Action space for each agent probably should be",
     "We recommend agents to be named in the format",
     "Agents have different observation space sizes",  # the user also sees its hidden goal
+    "ignoring unknown reset option(s) 'options'",  # api_test resets with options={"options": 1}
 )
 
 

@@ -11,7 +11,7 @@ import refuel_env  # noqa: F401
 from agents import make_agent
 from agents.harness.build import agent_kwargs
 from agents.harness.config import ExperimentConfig
-from agents.harness.rows import PAPER_ROWS, STANDARD_ROWS, agent_spec
+from agents.harness.rows import PAPER_ROWS, agent_spec
 from refuel_env import SamplingParams
 from refuel_env.core import DialogueMachine
 from refuel_env.tasks.guess_item import FINAL

@@ -75,6 +75,8 @@ class LLMJudge:
             (recorded as ``components["parse_failed"] = 1``).
     """
 
+    replaces_memory = True  # it never touches a state's memory (see protocols.UserSimulator)
+
     name = "llm"
 
     def __init__(self, backend: Any = None, mode: str = "pointwise", rubric: str = DEFAULT_RUBRIC, task: Any = None,

@@ -40,6 +40,8 @@ class RewardModelJudge:
             (``sigmoid(r_a - r_b)``).
     """
 
+    replaces_memory = True  # it never touches a state's memory (see protocols.UserSimulator)
+
     name = "reward-model"
 
     def __init__(self, model: Any = None, tokenizer: Any = None, name_or_path: str | None = None, task: Any = None,

@@ -23,7 +23,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..registry import TASKS
-from ..types import Conversation, DialogueState, JudgeScore, UserTurn
+from ..types import Conversation
+from ..validation import MAX_TURNS, as_bool, as_choice, as_int, as_real
 
 # attribute name -> (question phrasings, keywords that identify it in a question)
 ATTRIBUTES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -41,6 +42,7 @@ ATTRIBUTES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "climbs": (("Can it climb trees?", "Does it climb trees?", "Is it a climber?"), ("climb",)),
 }
 ATTRIBUTE_NAMES = tuple(ATTRIBUTES)
+_COLUMN = {a: i for i, a in enumerate(ATTRIBUTE_NAMES)}
 
 # name: mammal big water flies pet hunts legs climbs. The first 8 are separated by the first
 # three attributes alone (a perfect binary code), so that 3 questions always suffice for 8 items.
@@ -112,38 +114,40 @@ class GuessItemTask:
     def __init__(self, n_items: int = 8, max_turns: int = 4, noise: float = 0.0, phrasing: str = "varied",
                  reveal_candidates: bool = True, tell_horizon: bool = False, demo_epsilon: float = 0.5,
                  demo_final_error: float = 0.0, graded: bool = False):
-        if not 2 <= n_items <= len(CATALOGUE):
-            raise ValueError(f"n_items must be in 2..{len(CATALOGUE)}, got {n_items}")
-        if max_turns < 1:
-            raise ValueError(f"max_turns must be >= 1, got {max_turns}")
-        if not 0.0 <= noise < 0.5:
-            raise ValueError(f"noise must be in [0, 0.5), got {noise}")
-        if phrasing not in ("varied", "fixed"):
-            raise ValueError(f"phrasing must be 'varied' or 'fixed', got {phrasing!r}")
-        for name, v in (("demo_epsilon", demo_epsilon), ("demo_final_error", demo_final_error)):
-            if not 0.0 <= v <= 1.0:
-                raise ValueError(f"{name} must be a probability in [0, 1], got {v}")
-        self.n_items, self.max_turns, self.noise, self.phrasing = n_items, max_turns, noise, phrasing
-        self.reveal_candidates, self.tell_horizon, self.graded = bool(reveal_candidates), bool(tell_horizon), bool(graded)
-        self.demo_epsilon, self.demo_final_error = float(demo_epsilon), float(demo_final_error)
+        self.n_items = as_int(n_items, "n_items", 2, len(CATALOGUE))
+        self.max_turns = as_int(max_turns, "max_turns", 1, MAX_TURNS)
+        self.noise = as_real(noise, "noise", 0.0, 0.5, hi_open=True)
+        self.phrasing = as_choice(phrasing, "phrasing", ("varied", "fixed"))
+        self.reveal_candidates = as_bool(reveal_candidates, "reveal_candidates")
+        self.tell_horizon, self.graded = as_bool(tell_horizon, "tell_horizon"), as_bool(graded, "graded")
+        self.demo_epsilon = as_real(demo_epsilon, "demo_epsilon", 0.0, 1.0)
+        self.demo_final_error = as_real(demo_final_error, "demo_final_error", 0.0, 1.0)
         self.items: tuple[str, ...] = tuple(list(CATALOGUE)[:n_items])
         self.table = np.array([CATALOGUE[i] for i in self.items], dtype=bool)  # [items, attributes]
         self._item_re = re.compile(r"\b(" + "|".join(sorted(CATALOGUE, key=len, reverse=True)) + r")s?\b")
         self._attr_res = [(a, re.compile(r"\b(" + "|".join(map(re.escape, kw)) + r")")) for a, (_, kw) in ATTRIBUTES.items()]
-        # memo tables (speed: the same texts and fact sets recur across a batch); both hold immutable values
+        # memo tables (speed: the same texts and fact sets recur across a batch); all hold immutable values
         self._parse_memo: dict[str, Parsed] = {}
         self._posterior_memo: dict[tuple, np.ndarray] = {}
+        self._best_memo: dict[tuple, float] = {}
+        self._candidates_memo: dict[tuple, str] = {}
+        self._openings: dict[int, str] = {}
 
     # ----------------------------------------------------------------- episodes
     def opening(self, horizon: int) -> str:
         """The user's first message: the catalogue, and how the game goes (H itself only with ``tell_horizon``);
         with H = 1 it already asks for the final guess."""
-        items = OPENING.format(items=", ".join(self.items))
-        if self.tell_horizon:
-            turns = "1 turn: make your guess now" if horizon == 1 else (
-                f"{horizon} turns: ask yes/no questions about one attribute at a time, and guess on turn {horizon}")
-            return f"{items} You have {turns}."
-        return f"{items} {FINAL}" if horizon == 1 else f"{items} {ASK}"
+        text = self._openings.get(horizon)
+        if text is None:
+            items = OPENING.format(items=", ".join(self.items))
+            if self.tell_horizon:
+                turns = "1 turn: make your guess now" if horizon == 1 else (
+                    f"{horizon} turns: ask yes/no questions about one attribute at a time, and guess on turn {horizon}")
+                text = f"{items} You have {turns}."
+            else:
+                text = f"{items} {FINAL}" if horizon == 1 else f"{items} {ASK}"
+            self._openings[horizon] = text
+        return text
 
     @staticmethod
     def is_final_turn(messages: Conversation) -> bool:
@@ -154,6 +158,26 @@ class GuessItemTask:
     def new_episode(self, rng: np.random.Generator, horizon: int, split: str = "train") -> tuple[Conversation, Any, dict]:
         goal = self.items[int(rng.integers(self.n_items))]
         return [{"role": "user", "content": self.opening(horizon)}], goal, {"facts": [], "solved": False}
+
+    def check_goal(self, goal: Any) -> str:
+        """The goal as a plain str if it is one of this task's items; a ValueError that lists them otherwise."""
+        if not isinstance(goal, str) or goal not in self.items:
+            raise ValueError(f"the hidden goal must be one of this task's items ({', '.join(self.items)}), got {goal!r}")
+        return str.__str__(goal)
+
+    def check_memory(self, memory: dict) -> None:
+        """Raise a ValueError if ``memory`` is not this task's: ``{"facts": [[kind, key, answer], ...], "solved": bool}``
+        with kind "attr" (key an attribute) or "guess" (key an animal) and a bool answer."""
+        facts, solved = memory.get("facts"), memory.get("solved")
+        fix = "; rebuild it with task.memory_from_prefix(messages, goal)"
+        if not isinstance(facts, list) or not isinstance(solved, bool):
+            raise ValueError(f"the memory must hold 'facts' (a list) and 'solved' (a bool), got {memory!r:.200}{fix}")
+        for f in facts:
+            ok = isinstance(f, (list, tuple)) and len(f) == 3 and isinstance(f[2], bool) and (
+                (f[0] == "attr" and f[1] in ATTRIBUTE_NAMES) or (f[0] == "guess" and f[1] in CATALOGUE))
+            if not ok:
+                raise ValueError(f"the memory has a malformed fact {f!r}; a fact is ['attr', attribute, bool] or "
+                                 f"['guess', animal, bool]{fix}")
 
     def memory_from_prefix(self, messages: Conversation, goal: Any = None) -> dict:
         """Rebuild the facts of a dialogue from its text alone (as the assistant sees them)."""
@@ -193,7 +217,7 @@ class GuessItemTask:
         return Parsed("too_many" if hits else "unclear")
 
     def answer(self, goal: str, attribute: str) -> bool:
-        return bool(CATALOGUE[goal][ATTRIBUTE_NAMES.index(attribute)])
+        return bool(CATALOGUE[goal][_COLUMN[attribute]])
 
     def posterior(self, facts: Sequence) -> np.ndarray:
         """P(item | answers so far), exact under the noise model (a read-only array)."""
@@ -221,6 +245,44 @@ class GuessItemTask:
             return np.full(self.n_items, 1.0 / self.n_items)
         p = np.exp(logp - logp.max())
         return p / p.sum()
+
+    @staticmethod
+    def _memo(memo: dict, facts: Sequence, compute: Any) -> Any:
+        """``compute(facts)``, memoised on the facts as they are (every function memoised here ignores their
+        order, and equal facts give equal keys; facts that cannot be hashed are computed every time)."""
+        try:
+            key = tuple(map(tuple, facts))
+            out = memo.get(key)
+        except TypeError:
+            return compute(facts)
+        if out is None:
+            out = compute(facts)
+            if len(memo) >= 65536:
+                memo.clear()
+            memo[key] = out
+        return out
+
+    def _best(self, facts: Sequence) -> float:
+        return float(self.posterior(facts).max())
+
+    def _candidates_text(self, facts: Sequence) -> str:
+        return ", ".join(self.candidates(facts))
+
+    def best_posterior(self, facts: Sequence) -> float:
+        """The largest posterior probability of an item (memoised)."""
+        try:  # the memo hit, inlined: the judge asks this for every dialogue at every step
+            out = self._best_memo.get(tuple(map(tuple, facts)))
+        except TypeError:
+            out = None
+        return out if out is not None else self._memo(self._best_memo, facts, self._best)
+
+    def candidates_text(self, facts: Sequence) -> str:
+        """``", ".join(self.candidates(facts))`` (memoised)."""
+        try:
+            out = self._candidates_memo.get(tuple(map(tuple, facts)))
+        except TypeError:
+            out = None
+        return out if out is not None else self._memo(self._candidates_memo, facts, self._candidates_text)
 
     def candidates(self, facts: Sequence) -> list[str]:
         """Items consistent with every answer given (all not-yet-excluded items if the answers contradict)."""
@@ -262,81 +324,9 @@ class GuessItemTask:
                                   seed=seed, phrasing="fixed")
 
 
-class GuessItemUser:
-    """Scripted user of the guess-item task. Batched: one call answers every dialogue."""
-
-    def __init__(self, task: GuessItemTask):
-        self.task = task
-
-    def _pick(self, rng: np.random.Generator, options: tuple[str, ...]) -> str:
-        return options[0] if self.task.phrasing == "fixed" else options[int(rng.integers(len(options)))]
-
-    def reply(self, states: Sequence[DialogueState]) -> list[UserTurn]:
-        out = []
-        for s in states:
-            p = self.task.parse(s.last_assistant)
-            end = False
-            if p.kind == "guess":
-                correct = p.key == s.goal
-                s.memory["facts"].append(["guess", p.key, correct])
-                if correct:
-                    s.memory["solved"] = True
-                    text, end = RIGHT.format(item=p.key), True
-                else:
-                    text = WRONG.format(item=p.key)
-            elif p.kind == "question":
-                truth = self.task.answer(s.goal, p.key)
-                flip = self.task.noise > 0 and s.user_rng.random() < self.task.noise
-                said = truth != flip
-                s.memory["facts"].append(["attr", p.key, said])
-                text = self._pick(s.user_rng, YES if said else NO)
-            else:
-                text = TOO_MANY if p.kind == "too_many" else UNCLEAR
-            if not end and self.task.reveal_candidates and p.kind in ("guess", "question"):
-                text = f"{text} {POSSIBLE.format(items=', '.join(self.task.candidates(s.memory['facts'])))}"
-            if not end and s.turn == s.horizon - 1:
-                text = f"{text} {FINAL}"
-            out.append(UserTurn(text, end=end, cost={"user_calls": 1}))
-        return out
-
-
-class GuessItemJudge:
-    """Rule judge: 1 for a correct guess; before the horizon, the best guess's posterior probability."""
-
-    name = "guess-item-rule"
-
-    def __init__(self, task: GuessItemTask):
-        self.task = task
-
-    def _one(self, s: DialogueState) -> JudgeScore:
-        p = self.task.parse(s.last_assistant)
-        guessed = p.kind == "guess" and p.key == s.goal
-        if s.memory.get("solved"):  # an earlier turn's correct guess ended the dialogue
-            value, how = 1.0, "correct guess"
-        elif s.turn >= s.horizon and self.task.graded:  # the final guess is not told apart: its expected score
-            post = self.task.posterior(s.memory["facts"])
-            value = float(post[self.task.items.index(p.key)]) if p.kind == "guess" and p.key in self.task.items else 0.0
-            how = "final guess: its posterior probability (graded)"
-        elif guessed:
-            value, how = 1.0, "correct guess"
-        elif s.turn >= s.horizon:
-            value, how = 0.0, "final turn without a correct guess"
-        else:
-            value, how = float(self.task.posterior(s.memory["facts"]).max()), "best-guess posterior"
-        return JudgeScore(value, components={"correct_guess": float(guessed or bool(s.memory.get("solved")))},
-                          provenance={"judge": self.name, "rule": how}, cost={"judge_calls": 1})
-
-    def score(self, states: Sequence[DialogueState]) -> list[JudgeScore]:
-        return [self._one(s) for s in states]
-
-    def compare(self, states_a: Sequence[DialogueState], states_b: Sequence[DialogueState]) -> list[float]:
-        out = []
-        for sa, sb in zip(states_a, states_b, strict=True):
-            a, b = self._one(sa).value, self._one(sb).value
-            out.append(0.5 if a == b else float(a > b))
-        return out
-
-
 @TASKS.register("guess-item-v0")
 def _make_guess_item(**kwargs) -> GuessItemTask:
     return GuessItemTask(**kwargs)
+
+
+from .guess_item_rules import GuessItemJudge, GuessItemUser  # noqa: E402  (the task's own user and judge)

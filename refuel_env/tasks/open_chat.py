@@ -45,6 +45,7 @@ import numpy as np
 
 from ..registry import TASKS
 from ..types import Conversation, SamplingParams
+from ..validation import MAX_TURNS, as_int
 
 BUILTIN_FILE = "open_chat_prompts.txt"
 HH_DATASET = "trl-internal-testing/hh-rlhf-trl-style"
@@ -171,10 +172,9 @@ class OpenChatTask:
                  judge: str = "llm", reward_model: str | None = None, trust_remote_code: bool = False,
                  cache: str | Path | None = None, max_prompt_tokens: int = PAPER_MAX_PROMPT_TOKENS,
                  prompt_tokenizer: Any = None, holdout_every: int = 5):
-        if max_turns < 1:
-            raise ValueError(f"max_turns must be >= 1, got {max_turns}")
-        if int(holdout_every) < 2:
-            raise ValueError(f"holdout_every must be >= 2 (every k-th prompt is held out), got {holdout_every}")
+        max_turns = as_int(max_turns, "max_turns", 1, MAX_TURNS)
+        holdout_every = as_int(holdout_every, "holdout_every", 2, None, "every k-th prompt is held out, k >= 2")
+        max_prompt_tokens = as_int(max_prompt_tokens, "max_prompt_tokens", 1, None)
         if judge not in ("llm", "reward-model"):
             raise ValueError(f"judge must be 'llm' or 'reward-model', got {judge!r}")
         if judge == "reward-model" and reward_model is None:
@@ -209,6 +209,15 @@ class OpenChatTask:
         messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else [])
         messages.append({"role": "user", "content": prompts[i]})
         return messages, f"{self.prompt_source}/{split}/{i}", {}
+
+    def check_goal(self, goal: Any) -> str:
+        """Any string is a goal here (the id of the opening prompt, or your own note); it is kept as a plain str."""
+        if not isinstance(goal, str):
+            raise TypeError(f"an open-chat goal is a str (e.g. 'builtin/train/3'), got {type(goal).__name__}")
+        return str.__str__(goal)
+
+    def check_memory(self, memory: dict) -> None:
+        """Open chat keeps no task memory of its own; any dict is accepted."""
 
     def memory_from_prefix(self, messages: Conversation, goal: Any = None) -> dict:
         return {}

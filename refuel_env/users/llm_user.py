@@ -91,6 +91,8 @@ class LLMUser:
         fallback: the message used when the parsed reply is empty.
     """
 
+    replaces_memory = True  # it never touches a state's memory (see protocols.UserSimulator)
+
     name = "llm"
 
     def __init__(self, backend: Any = None, prompt: str | None = None, params: SamplingParams | None = None,
