@@ -122,11 +122,10 @@ def small_env():
 def small_reference(reference_cache):
     """The tiny pi_0 recipe on 4 animals, H_max = 3 (about 5 s to build): it scores about 0.38 where the
     informative questioner scores 1.0, so there is room to learn in a few iterations."""
-    from agents.engine.reference import ReferenceConfig, reference_policy
-    from conftest import TINY_REFERENCE
+    from agents.engine.reference import SMALL, reference_policy
 
-    cfg = ReferenceConfig(**{**TINY_REFERENCE, **SMALL_TASK})
-    return reference_policy(cfg, cache=reference_cache, log=lambda *a: None)
+    assert (SMALL.n_items, SMALL.max_turns) == (SMALL_TASK["n_items"], SMALL_TASK["max_turns"])
+    return reference_policy(SMALL, cache=reference_cache, log=lambda *a: None)
 
 
 def final_score(policy, env, n: int = 512) -> float:

@@ -4,8 +4,9 @@
 
 Equal to TRL's ``DPOTrainer`` with ``loss_type="sigmoid"`` on the same model and pairs (tested). Where the
 pairs come from is declared like every pair agent's (``rollin``, ``responder``, ``target``; see
-:mod:`agents.algorithms.pairs`): by default contexts and responses from pi_0 at the last turn; iterative
-online DPO takes both from the current policy (``rollin="current", responder="current"``). Ties carry no
+:mod:`agents.algorithms.pairs`): by default the paper's DPO-LT-MIXED (contexts rolled in by pi_0, two responses of
+the current policy at the last turn); iterative online DPO rolls in with the current policy too
+(``rollin="current"``); DPO-MT compares two whole dialogues (``target="multi_turn", rollin="none"``). Ties carry no
 preference and are dropped (counted).
 """
 
@@ -25,7 +26,6 @@ class DPOConfig(PairConfig):
     beta: float = 0.1
     """Inverse temperature of the implicit reward."""
     rollin: str = "reference"
-    responder: str = "reference"
     target: str = "last_turn"
 
     def __post_init__(self):

@@ -1,8 +1,10 @@
 """REBEL (single-turn): the REFUEL regression with the last turn's reward as target.
 
-Earlier turns are fixed context; no continuation (h = H). The paper's baselines differ by where the
-context comes from: ``rollin="offline"`` (dataset dialogues), ``"reference"`` (pi_0 with the
-simulator: "mixed", the default here) or ``"current"`` (on-policy).
+Earlier turns are fixed context; no continuation (h = H); the two responses come from the current policy. The
+paper's baselines differ by where the context comes from: ``rollin="offline"`` (the task's offline dialogues:
+REBEL-LT-OFFLINE), ``"reference"`` (pi_0 with the simulator: REBEL-LT-MIXED, the default here) or ``"current"``
+(on-policy); REBEL-MT regresses on two whole dialogues from the same opening (``target="multi_turn",
+rollin="none"``).
 """
 
 from __future__ import annotations

@@ -39,6 +39,7 @@ from .config import ExperimentConfig, apply_overrides, from_dict, parse_value, r
 from .console import console  # noqa: E402
 from .guard import LockedError, RunLock, check_out_dir  # noqa: E402
 from .presets import PRESETS, preset  # noqa: E402
+from .commands import SHIPPED_PI0, cmd_pi0, cmd_tune  # noqa: E402
 from .rows import BUILTIN_AGENTS, DEFAULT_ROWS, REFERENCE_ROWS, STANDARD_ROWS, agent_spec  # noqa: E402
 
 logger = logging.getLogger("agents.harness.cli")
@@ -150,6 +151,12 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="write eval.json and eval.md here")
 
     sub.add_parser("list", help="presets, standard rows and registered agents")
+
+    pz = sub.add_parser("pi0", help="build the pi_0 checkpoints that ship with the package (with their manifests)")
+    pz.add_argument("action", choices=["build"], help="build: rebuild from the recipes, measure, write manifests")
+    pz.add_argument("--preset", action="append", help="a preset whose pi_0 to build (repeatable; default: those that "
+                                                      "ship: " + ", ".join(SHIPPED_PI0) + ", and the small one)")
+    pz.add_argument("--dest", help="where to write them (default: agents/engine/pi0 in the package)")
     return ap
 
 
@@ -274,16 +281,6 @@ def cmd_eval(args, cfg: ExperimentConfig) -> int:
     return 0
 
 
-def cmd_tune(args, cfg: ExperimentConfig) -> int:
-    from .tune import run_tune
-
-    out = Path(args.out)
-    res = run_tune(cfg, out, progress=not args.no_progress, log=logger.info)
-    print((out / "tuning.md").read_text())
-    print(f"[tune] chosen settings: {out / 'tuned.json'} (use them with --set tuned=@{out / 'tuned.json'})")
-    return 0 if res["chosen"] else 1
-
-
 def cmd_list(args, cfg=None) -> int:
     if "agents.base" in sys.modules:  # loaded already (plugins, or a caller): the registry as it stands
         from ..base import agent_registry
@@ -308,7 +305,7 @@ def prepare(args) -> tuple[ExperimentConfig | None, list[str], Path | None]:
         checkpoint_model_dir(args.checkpoint)
     for mod in getattr(args, "imports", None) or []:
         import_plugin(mod)
-    if args.command == "list":
+    if args.command in ("list", "pi0"):
         return None, [], None
     if args.command == "bench" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("the benchmark runs in one process; under `accelerate launch` train one agent "
@@ -363,7 +360,7 @@ def run(args, command_line: str) -> int:
         previous = None
     try:
         return {"bench": cmd_bench, "train": cmd_train, "tune": cmd_tune, "eval": cmd_eval,
-                "list": cmd_list}[args.command](args, cfg)
+                "list": cmd_list, "pi0": cmd_pi0}[args.command](args, cfg)
     except KeyboardInterrupt:
         logger.warning("\n[refuel] interrupted; run the same command again to resume from what finished")
         return 130
