@@ -61,16 +61,16 @@ def test_bench_report_failed_row_and_resume(tiny_cfg, tmp_path):
     logs = []
     res = run_bench(cfg, tmp_path, progress=False, log=logs.append)
     for f in ("report.md", "results.json", "learning_curves.png", "win_rates.png", "config.json",
-              "units/pi_0-0.json", "units/refuel-0.json", "units/ppo-0.json", "units/crash-test-0.json"):
+              "units/pi_0-0.json", "units/REFUEL-0.json", "units/PPO-0.json", "units/crash-test-0.json"):
         assert (tmp_path / f).exists(), f
     for png in ("learning_curves.png", "win_rates.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = strict_json(tmp_path / "results.json")
     rows = {r["label"]: r for r in saved["rows"]}
-    assert [r["label"] for r in saved["rows"]] == ["pi_0", "refuel", "ppo", "crash-test"]
+    assert [r["label"] for r in saved["rows"]] == ["pi_0", "REFUEL", "PPO", "crash-test"]
 
     assert rows["pi_0"]["win_rate"] == [0.5] * 4 and rows["pi_0"]["budget"]["dialogues"] == 0
-    for label in ("refuel", "ppo"):
+    for label in ("REFUEL", "PPO"):
         row, unit = rows[label], strict_json(tmp_path / "units" / f"{label}-0.json")
         assert row["status"] == "ok" and unit["status"] == "ok"
         assert row["budget"]["iterations"] == 1 and row["budget"]["tokens_generated"] > 0
@@ -85,19 +85,19 @@ def test_bench_report_failed_row_and_resume(tiny_cfg, tmp_path):
         assert unit["curve"][0]["iteration"] == 0 and unit["curve"][0]["eval/win_rate"] == 0.5
         assert unit["curve"][-1]["iteration"] == 1 and unit["curve"][-1]["dialogues"] == row["budget"]["dialogues"]
     # equal budgets: 4 pairs cost at most 8 dialogues; PPO samples exactly 8
-    assert rows["ppo"]["budget"]["dialogues"] == 8 >= rows["refuel"]["budget"]["dialogues"]
+    assert rows["PPO"]["budget"]["dialogues"] == 8 >= rows["REFUEL"]["budget"]["dialogues"]
     assert rows["crash-test"]["status"] == "failed" and "boom" in rows["crash-test"]["errors"][0]
     report = (tmp_path / "report.md").read_text()
-    assert "FAILED" in report and "boom" in report and "| refuel |" in report and '"trl"' in report
-    assert res["trained_units"] == ["refuel-0", "ppo-0"]
+    assert "FAILED" in report and "boom" in report and "| REFUEL |" in report and '"trl"' in report
+    assert res["trained_units"] == ["REFUEL-0", "PPO-0"]
 
     # a second run with the same output reuses the finished units (no training), retries the failed one
-    before = (tmp_path / "units" / "refuel-0.json").read_text()
+    before = (tmp_path / "units" / "REFUEL-0.json").read_text()
     logs.clear()
     res2 = run_bench(cfg, tmp_path, progress=False, log=logs.append)
     assert res2["trained_units"] == []
     assert sum("reused" in m for m in logs) == 3
-    assert (tmp_path / "units" / "refuel-0.json").read_text() == before
+    assert (tmp_path / "units" / "REFUEL-0.json").read_text() == before
     assert [r["win_rate"] for r in res2["rows"][:3]] == [r["win_rate"] for r in saved["rows"][:3]]
     assert res2["rows"][3]["status"] == "failed"
 

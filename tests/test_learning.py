@@ -57,29 +57,31 @@ def pair_alignment(name, env, pi0, **options) -> float:
     after = lp[:n] - lp[n:]
     diff = d["returns"][:, 0] - d["returns"][:, 1]
     keep = diff != 0
+    # on the small task (4 animals, H_max = 3) the shipped small pi_0 gives 16-19 of 64 pairs with a return
+    # difference at seed 0; on 8 animals with the task's default demonstrator only 3-4 (too few to test)
     assert int(keep.sum()) >= 5, "too few informative pairs to test the update"
     return float((torch.sign(diff[keep]) * (after - before)[keep]).mean())
 
 
 @pytest.mark.parametrize("name,options", [("refuel", {}), ("rebel", {}), ("dpo", {"rollin": "current", "responder": "current"})])
-def test_pair_update_moves_toward_the_better_response(env, tiny_reference, name, options):
-    score = pair_alignment(name, env, tiny_reference, **options)
+def test_pair_update_moves_toward_the_better_response(small_env, small_reference, name, options):
+    score = pair_alignment(name, small_env, small_reference, **options)
     print(f"\n{name}: mean signed change of the relative log-ratio {score:+.3f}")
     assert score > 0.05
 
 
-def test_refuel_with_negated_target_moves_the_other_way(env, tiny_reference):
-    assert pair_alignment("refuel", env, tiny_reference, eta=-1.0) < -0.05
+def test_refuel_with_negated_target_moves_the_other_way(small_env, small_reference):
+    assert pair_alignment("refuel", small_env, small_reference, eta=-1.0) < -0.05
 
 
-def test_refuel_update_fits_its_regression(env, tiny_reference):
-    agent = make_agent("refuel", policy=fresh(tiny_reference), ref_policy=fresh(tiny_reference), seed=0,
-                       batch_size=64, lr=1e-3, epochs=1, minibatch_size=64)
-    batch = agent.collect(env)
-    first = agent.update(batch)["loss"]
-    for _ in range(3):
-        last = agent.update(batch)["loss"]
-    assert last < first
+def test_refuel_update_fits_its_regression(small_env, small_reference):
+    agent = make_agent("refuel", policy=fresh(small_reference), ref_policy=fresh(small_reference), seed=0,
+                       batch_size=64, lr=1e-4, epochs=1, minibatch_size=64)
+    batch = agent.collect(small_env)
+    # full-batch steps on the same pairs: the regression loss falls at every step (measured 0.346, 0.293, 0.282,
+    # 0.265). At lr 1e-3 the first Adam step overshoots (0.346 -> 1.49) before it falls.
+    losses = [agent.update(batch)["loss"] for _ in range(4)]
+    assert all(b < a for a, b in zip(losses, losses[1:])), losses
 
 
 def test_ppo_update_raises_the_ratio_of_advantaged_tokens(env, tiny_reference):
@@ -108,7 +110,7 @@ LEARNING = {  # agent options for 10 iterations of 64 pairs (PPO, SFT: 128 dialo
     "dpo-offline": ("dpo", {"lr": 3e-4, "beta": 0.5}),
     "dpo-online": ("dpo", {"lr": 1e-3, "rollin": "current", "responder": "current"}),
     "ppo": ("ppo", {"lr": 1e-3}),
-    "positive-control": ("sft", {"lr": 1e-3}),  # pi_0 fine-tuned on the expert's dialogues: the benchmark's control
+    "positive-control": ("sft", {"lr": 3e-3}),  # at lr 1e-3: +0.03 (SFT loss 0.05, the guesses not yet fixed); pi_0 fine-tuned on the expert's dialogues: the benchmark's control
 }
 
 

@@ -191,8 +191,12 @@ def cat_rows(tensors: Sequence[torch.Tensor], pad: float | int = 0) -> torch.Ten
 
 
 def sum_stats(parts: Sequence[dict]) -> dict:
-    """The per-process budget and drop counts of one batch, summed (numbers only; the rest from the first)."""
-    out = dict(parts[0])
+    """The per-process budget and drop counts of one batch, summed (numbers only; the rest from the first that
+    has the key). A key that only some processes report (a turn only they drew) counts 0 in the others."""
+    out = {}
+    for part in parts:
+        for k, v in part.items():
+            out.setdefault(k, v)
     for k, v in out.items():
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             out[k] = type(v)(sum(p.get(k, 0) for p in parts))
