@@ -119,7 +119,8 @@ class PPOAgent(Agent):
         policy, head = (self.policy.model, self.value_head)
         if train:  # an update's forward passes: through the DDP wrappers under a multi-process launch
             policy, head = self.wrapped(policy), self.wrapped(head)
-        lp, hidden = self.policy.token_logprobs(enc, policy, self.config.temperature, return_hidden=True)
+        lp, hidden = self.policy.token_logprobs(enc, policy, self.config.temperature, return_hidden=True,
+                                               turns_only=True)  # 0 off the turns, where the mask drops it
         values = head(hidden[:, :-1].float()).squeeze(-1)
         return lp, values
 
@@ -165,7 +166,7 @@ class PPOAgent(Agent):
         pi_ref), GAE advantages and returns of dialogues ``enc`` that scored ``scores``; on the policy's device."""
         c = self.config
         old, values = self._forward(enc)
-        ref = self.ref_policy.token_logprobs(enc, temperature=c.temperature)
+        ref = self.ref_policy.token_logprobs(enc, temperature=c.temperature, turns_only=True)
         mask = enc.turn_mask[:, 1:].float().to(old.device)
         rewards = kl_rewards(old, ref, mask, scores, c.kl_coef)
         adv = gae(rewards, values, mask, c.gamma, c.lam)
