@@ -9,7 +9,8 @@ over the batch; a value head (a linear layer on the policy's last hidden state) 
     vf_loss = 0.5 * mean( max((V - R)^2, (clip(V, V_old - eps_v, V_old + eps_v) - R)^2) )
     loss = pg_loss + vf_coef * vf_loss
 
-TRL no longer ships a PPO trainer; this one reuses TRL's ``selective_log_softmax`` (through the policy).
+TRL no longer ships a PPO trainer. Token log-probabilities come from the policy's memory-safe scoring
+(:mod:`agents.engine.scoring`), at the turn tokens only.
 """
 
 from __future__ import annotations
