@@ -110,10 +110,9 @@ def section_updates(args, device: str, size: dict) -> dict:
         try:
             m = copy.deepcopy(model).requires_grad_(True)
             policy = Policy(m, tok, agent_name)
-            opts = {"online": False} if agent_name == "dpo" else {}
             agent = make_agent(agent_name, policy=policy, ref_policy=ref, batch_size=size["batch"], epochs=1,
                                minibatch_size=size["minibatch"], max_new_tokens=size["new_tokens"], lr=1e-5,
-                               seed=0, **opts)
+                               seed=0)
             if device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats()
             sync(device)

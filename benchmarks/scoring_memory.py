@@ -10,7 +10,7 @@ The new path is ``Policy.sequence_logprobs`` (:mod:`agents.engine.scoring`): no 
 turn mask's positions only, in chunks, temperature in place.
 
 Each measurement runs in a fresh subprocess (one torch thread): model and inputs are set up, the peak RSS
-is reset (``/proc/self/clear_refs``) after a warm-up call on one row, the scoring runs once, and the extra memory is the peak RSS
+is reset (``/proc/self/clear_refs``) after a warm-up call on one row, the scoring runs once (with ``grad``, the backward too), and the extra memory is the peak RSS
 (``VmHWM``) minus the RSS before it; CPU time is the process CPU time of the scoring call. Rows:
 
 - ``nograd``: scoring without gradients (how old/reference log-probs are computed), at ``--batch``;
@@ -18,8 +18,8 @@ is reset (``/proc/self/clear_refs``) after a warm-up call on one row, the scorin
 - ``grad``: ``sequence_logprobs`` and the backward of its sum, at ``--grad-batch`` rows.
 
 The turn mask covers the last ``--response`` tokens of each row (rows are right-padded to lengths between
-3/4 of ``--tokens`` and ``--tokens``). Max abs difference: over the sequence log-probs (and, for ``grad``,
-the gradients), new against old. Targets (issue 11): extra memory of ``nograd`` at most 2 GiB, differences
+3/4 of ``--tokens`` and ``--tokens``). Differences, new against old: max abs over the sequence log-probs; for ``grad``, also over
+every parameter's gradient (absolute, and relative to that parameter's largest |gradient|). Targets (issue 11): extra memory of ``nograd`` at most 2 GiB, differences
 at most 1e-4.
 """
 
@@ -147,11 +147,16 @@ def run_child(args, row: str, path: str) -> dict:
         return torch.load(result)
 
 
-def max_diff(a: dict, b: dict) -> float:
+def diffs(a: dict, b: dict) -> tuple[float, float | None, float | None]:
+    """Max |a - b| of the sequence log-probs; of the gradients (absolute, and relative to the largest
+    |gradient| of each parameter), when there are any."""
     d = float((a["seq"] - b["seq"]).abs().max())
-    for n, g in a.get("grads", {}).items():
-        d = max(d, float((g - b["grads"][n]).abs().max()))
-    return d
+    if not a.get("grads"):
+        return d, None, None
+    g_abs = max(float((g - b["grads"][n]).abs().max()) for n, g in a["grads"].items())
+    g_rel = max(float((g - b["grads"][n]).abs().max() / b["grads"][n].abs().max().clamp(min=1e-30))
+                for n, g in a["grads"].items())
+    return d, g_abs, g_rel
 
 
 def main() -> None:
@@ -187,17 +192,21 @@ def main() -> None:
             print(f"{row:<11} {p:<4} {r['extra_kib'] * 1024 / GIB:>9.2f} GiB {r['cpu']:>8.2f}"
                   + ("" if r["peak_reset"] else "  (peak RSS not reset: includes set-up)"))
         o, n = res["old"], res["new"]
+        d, g_abs, g_rel = diffs(n, o)
         summary[row] = {"old_gib": o["extra_kib"] * 1024 / GIB, "new_gib": n["extra_kib"] * 1024 / GIB,
                         "memory_ratio": o["extra_kib"] / max(n["extra_kib"], 1), "cpu_ratio": o["cpu"] / n["cpu"],
-                        "max_abs_diff": max_diff(n, o)}
+                        "max_abs_diff_logprobs": d, "max_abs_diff_grads": g_abs, "max_rel_diff_grads": g_rel,
+                        "max_abs_logprob": float(o["seq"].abs().max())}
         s = summary[row]
-        print(f"{row:<11} old/new: memory {s['memory_ratio']:.2f}x, CPU {s['cpu_ratio']:.2f}x; "
-              f"max |new - old| {s['max_abs_diff']:.2e}" + (" (log-probs and gradients)" if row == "grad" else ""))
+        print(f"{row:<11} old/new: memory {s['memory_ratio']:.2f}x, CPU {s['cpu_ratio']:.2f}x; max |new - old| of "
+              f"the sequence log-probs {d:.2e} (largest |log-prob| {s['max_abs_logprob']:.1f})"
+              + ("" if g_abs is None else f"; of the gradients {g_abs:.2e} (relative to each parameter's largest "
+                 f"|gradient|: {g_rel:.2e})"))
     if "nograd" in summary:
         s = summary["nograd"]
         print(f"target: nograd extra memory <= 2 GiB: {s['new_gib']:.2f} GiB "
               f"({'met' if s['new_gib'] <= 2 else 'MISSED'}); max diff <= 1e-4: "
-              f"{'met' if max(v['max_abs_diff'] for v in summary.values()) <= 1e-4 else 'MISSED'}")
+              f"{'met' if max(v['max_abs_diff_logprobs'] for v in summary.values()) <= 1e-4 else 'MISSED'}")
     print(json.dumps(summary))
 
 

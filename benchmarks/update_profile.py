@@ -8,14 +8,15 @@ to every pair agent's ``update``; each agent is warmed up with one update, then 
 timed with the update's pieces wrapped in timers (wall clock, ``time.perf_counter``):
 
 - decoder: the model's forward pass to its last hidden states (``agents.engine.scoring.last_hidden``);
-- scoring: the LM head at the turn tokens, logsumexp and gather (``chosen_logprobs``, forward);
+- scoring: the rest of ``Policy.token_logprobs``: the LM head at the turn tokens, logsumexp and gather
+  (with older code, which has no ``last_hidden``, the whole forward is under decoder and scoring is nan);
 - backward: ``Tensor.backward`` (the scoring chunks are recomputed in it);
 - optimiser: ``zero_grad``, ``clip_grad_norm_`` and ``optimizer.step``;
 - data prep and loss: the rest (minibatch selection, padding trims, the loss, bookkeeping).
 
 TRL: ``DPOTrainer`` on the same pairs (see ``update_speed.py``: explicit ``ref_model``, fp32, ``use_cpu``),
-in its settings (defaults; no gradient checkpointing; precomputed reference log-probs; and that with
-``padding_free`` and ``use_logits_to_keep`` where this TRL has them); the median step time after the first
+in its settings (defaults; no gradient checkpointing; and that with precomputed reference log-probs; TRL
+1.16's ``padding_free`` falls back to padding, and it has no ``use_logits_to_keep``); the median step time after the first
 step. Ratio: our DPO step over TRL's fastest setting; target (issue 11) at most 0.80. Agents and TRL run in
 the same process, one after another, interleaved over ``--rounds`` rounds (the median over rounds is
 reported), so that a load change on a shared machine hits both.
@@ -24,13 +25,14 @@ reported), so that a load change on a shared machine hits both.
 from __future__ import annotations
 
 import argparse
+import io
 import math
 import statistics
 import sys
 import time
 import warnings
 from collections import defaultdict
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, redirect_stdout
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -40,9 +42,7 @@ import torch  # noqa: E402
 from update_speed import TRL_SETTINGS, fresh_policy, load_reference, time_trl  # noqa: E402
 
 PIECES = ("decoder", "scoring", "backward", "optimiser", "data prep and loss")
-TRL_EXTRA = {"TRL, precomputed ref log-probs, padding_free, use_logits_to_keep":
-             {"gradient_checkpointing": False, "precompute_ref_log_probs": True, "padding_free": True,
-              "use_logits_to_keep": True}}
+TRL_EXTRA: dict = {}  # padding_free: TRL 1.16 disables it ("temporarily unavailable after a refactor")
 
 
 @contextmanager
@@ -69,19 +69,25 @@ def profile_agent(agent, batch, minibatch: int, repeats: int) -> dict:
 
     agent.update(batch)  # warm-up
     steps = math.ceil(len(batch) / minibatch) * agent.config.epochs
+    split = hasattr(policy_module, "last_hidden")  # older code (before memory-safe scoring): forward as one piece
     rows = []
     for _ in range(repeats):
         clock = defaultdict(float)
-        with patched(policy_module, "last_hidden", clock, "decoder"), \
-                patched(policy_module, "chosen_logprobs", clock, "scoring"), \
-                patched(torch.Tensor, "backward", clock, "backward"), \
-                patched(torch.nn.utils, "clip_grad_norm_", clock, "optimiser"), \
-                patched(agent.optimizer, "step", clock, "optimiser"), \
-                patched(agent.optimizer, "zero_grad", clock, "optimiser"):
+        with ExitStack() as stack:
+            stack.enter_context(patched(policy_module.Policy, "token_logprobs", clock, "forward"))
+            if split:
+                stack.enter_context(patched(policy_module, "last_hidden", clock, "decoder"))
+            for obj, name in ((torch.Tensor, "backward"), (torch.nn.utils, "clip_grad_norm_"),
+                              (agent.optimizer, "step"), (agent.optimizer, "zero_grad")):
+                stack.enter_context(patched(obj, name, clock, "backward" if name == "backward" else "optimiser"))
             t0 = time.perf_counter()
             agent.update(batch)
             total = time.perf_counter() - t0
-        clock["data prep and loss"] = total - sum(clock[k] for k in PIECES[:-1])
+        if split:
+            clock["scoring"] = clock["forward"] - clock["decoder"]
+        else:
+            clock["decoder"], clock["scoring"] = clock["forward"], float("nan")
+        clock["data prep and loss"] = total - clock["forward"] - clock["backward"] - clock["optimiser"]
         rows.append({"total": total / steps, **{k: clock[k] / steps for k in PIECES}})
     return {k: statistics.median(r[k] for r in rows) for k in rows[0]}
 
@@ -103,6 +109,9 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=256, help="pairs collected (before ties are dropped)")
     ap.add_argument("--minibatch", type=int, default=8, help="pairs per optimiser step")
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--collect-temperature", type=float, default=2.0,
+                    help="sampling temperature of the collection only (the shipped pi_0 is nearly deterministic: at 1.0 "
+                         "almost every pair is two identical responses or a tie)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3, help="profiled updates per agent per round (after a warm-up)")
     ap.add_argument("--rounds", type=int, default=2, help="rounds of (agents, TRL), interleaved")
@@ -124,11 +133,13 @@ def main() -> None:
     pi0 = load_reference(args.reference)
     pi0.model.requires_grad_(False)
     collector = make_agent("dpo", policy=fresh_policy(pi0, "collector"), ref_policy=pi0, batch_size=args.pairs,
-                           online=False, seed=0)
+                           seed=0, temperature=args.collect_temperature)  # DPO's default: pi_0's dialogues, last-turn pairs
     t0 = time.perf_counter()
     batch = collector.collect(env)
     collect_s = time.perf_counter() - t0
     n = len(batch)
+    if n < args.minibatch:
+        raise SystemExit(f"only {n} pairs without ties; raise --pairs")
     dataset = collector.preference_dataset(batch)
     steps = max(4, 2 * math.ceil(n / args.minibatch))
     names = [a for a in args.agents.split(",") if a]
@@ -141,13 +152,13 @@ def main() -> None:
     ours, trl = defaultdict(list), defaultdict(list)
     for r in range(args.rounds):
         for name in names:
-            opts = {"online": False} if name == "dpo" else {}
             agent = make_agent(name, policy=fresh_policy(pi0, name), ref_policy=pi0, epochs=1,
-                               minibatch_size=args.minibatch, lr=args.lr, seed=0, **opts)
+                               minibatch_size=args.minibatch, lr=args.lr, seed=0)
             ours[name].append(profile_agent(agent, batch, args.minibatch, args.repeats))
         for label, kw in settings.items():
             try:
-                trl[label].append(time_trl(pi0, dataset, args.minibatch, args.lr, steps, **kw)[0])
+                with redirect_stdout(io.StringIO()):  # the Trainer's end-of-training log line
+                    trl[label].append(time_trl(pi0, dataset, args.minibatch, args.lr, steps, **kw)[0])
             except Exception as e:  # a setting this TRL or this model cannot run
                 print(f"  {label}: failed ({type(e).__name__}: {str(e)[:160]})", flush=True)
                 trl[label].append(float("nan"))

@@ -10,8 +10,9 @@ for the temperature, and a KV cache nobody reads. Here instead:
 - the LM head is applied only at the positions asked for (the turn mask's, when given), in chunks of about
   :data:`CHUNK_ELEMENTS` logits, each reduced at once to ``logit[target] - logsumexp(logits)``;
 - the temperature divides each chunk's logits in place (out of place, chunk-sized, under autograd);
-- under autograd each chunk is checkpointed (``torch.utils.checkpoint``, non-reentrant): its logits are
-  recomputed in the backward pass, never kept, so the gradients are the same and the memory is one chunk.
+- under autograd, when there is more than one chunk, each is checkpointed (``torch.utils.checkpoint``,
+  non-reentrant): its logits are recomputed in the backward pass, never kept, so the gradients are the same
+  and the memory is one chunk (a single chunk is kept as is: no recomputation for small vocabularies).
 
 Models without these pieces (no ``get_output_embeddings``/``get_decoder``, or no ``logits_to_keep``
 argument) take their logits from the forward pass as before, and still get the chunked reduction.
@@ -97,7 +98,7 @@ def chosen_logprobs(states: torch.Tensor, head: Callable | None, targets: torch.
 
     ``states`` [N, L, H]: the hidden states that predict the targets (``head`` maps rows of them to logits),
     or the logits themselves (``head=None``). ``mask`` [N, L]: positions to score (None: all); the others
-    are 0. Differentiable (each chunk checkpointed)."""
+    are 0. Differentiable (chunks checkpointed when there are several)."""
     n, length = targets.shape
     meta = states.device.type == "meta"
     if mask is None or meta:
@@ -108,12 +109,13 @@ def chosen_logprobs(states: torch.Tensor, head: Callable | None, targets: torch.
         rows, tg = states[idx], targets[idx]
     vocab = rows.shape[-1] if head is None else _vocab(head, rows)
     size = max(1, (chunk_elements or CHUNK_ELEMENTS) // max(vocab, 1))
-    grad = torch.is_grad_enabled() and (rows.requires_grad or any(
+    # checkpointed when there is more than one chunk (one chunk's logits may stay: a bounded size)
+    ckpt = rows.shape[0] > size and torch.is_grad_enabled() and (rows.requires_grad or any(
         p.requires_grad for p in getattr(head, "parameters", lambda: [])()))
     parts = []
     for i in range(0, rows.shape[0], size):
         r, t = rows[i:i + size], tg[i:i + size]
-        parts.append(checkpoint(_chunk_logprobs, r, t, head, temperature, use_reentrant=False) if grad
+        parts.append(checkpoint(_chunk_logprobs, r, t, head, temperature, use_reentrant=False) if ckpt
                      else _chunk_logprobs(r, t, head, temperature))
     lp = torch.cat(parts) if parts else rows.new_zeros(0, dtype=torch.float32)
     if idx is None:
