@@ -10,8 +10,9 @@ Sections (each one's record is written as soon as it is done, so a later failure
 that fails records its error and the next one runs):
 
 - ``env``: torch, CUDA, the device, package versions;
-- ``updates``: for each agent (REFUEL, REBEL, DPO, PPO, SFT) on ``RefuelDialogue-v0`` with the policy on
-  the device: one collection (timed: generation on the device, the judge, old/reference log-probs), one
+- ``updates``: for each agent (REFUEL, REBEL, DPO, PPO, SFT) on ``RefuelDialogue-v0``'s open-chat task (as
+  the SmolLM2 demo: SmolLM2 as the simulated user and the LLM judge, 2 turns; SFT: guess-item, whose expert
+  it imitates) with everything on the device: one collection (timed: generation on the device, the judge, old/reference log-probs), one
   warm-up update, one timed update; the device's peak memory; finite losses; the model's weights changed;
 - ``generation``: the transformers back end (``TransformersBackend`` on the device) on the built-in open-chat
   prompts at several batch sizes, tokens/s of completion tokens (best of ``--repeat``);
@@ -99,14 +100,23 @@ def section_updates(args, device: str, size: dict) -> dict:
     import refuel_env  # noqa: F401
     from agents.base import make_agent
     from agents.engine.policy import Policy
+    from refuel_env.backends import TransformersBackend
 
     model, tok, name = load_model(args.dry_run, device, args.dtype)
     ref = Policy(model, tok, f"{name} (pi_0)")
     ref.model.requires_grad_(False)
-    env = gym.make_vec("RefuelDialogue-v0", num_envs=1)
+    # the open-chat task (as the SmolLM2 demo): SmolLM2 (tiny model) as the simulated user and the LLM judge, on
+    # the device; the judge's P(Yes) scores are continuous, so pairs are rarely tied (DPO keeps them)
+    um, ut, _ = load_model(args.dry_run, device, args.dtype)
+    user = TransformersBackend(um, ut, device=device)
+    chat = gym.make_vec("RefuelDialogue-v0", num_envs=1, task="open-chat-v0", max_turns=2, horizon="uniform",
+                       task_kwargs={"user_model": user, "max_turns": 2, "holdout_every": 2,
+                                    "user_params": {"max_new_tokens": size["new_tokens"], "temperature": 0.7}})
+    guess = gym.make_vec("RefuelDialogue-v0", num_envs=1)  # SFT imitates guess-item's expert (open chat has none)
     rows = {"model": name, "dtype": args.dtype, "agents": {}}
     for agent_name in args.agents.split(","):
-        rec = {}
+        rec = {"task": "guess-item-v0" if agent_name == "sft" else "open-chat-v0"}
+        env = guess if agent_name == "sft" else chat
         try:
             m = copy.deepcopy(model).requires_grad_(True)
             policy = Policy(m, tok, agent_name)

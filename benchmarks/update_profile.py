@@ -5,7 +5,9 @@
 
 The same batch of pairs as ``benchmarks/update_speed.py`` (collected once from pi_0, ties dropped) is given
 to every pair agent's ``update``; each agent is warmed up with one update, then ``--repeats`` updates are
-timed with the update's pieces wrapped in timers (wall clock, ``time.perf_counter``):
+timed with the update's pieces wrapped in timers (process CPU time, ``time.process_time``, with one torch
+thread by default, as in issue 11: on a CPU shared with other jobs wall time swings by 30% between rounds;
+``--wall`` for wall-clock time):
 
 - decoder: the model's forward pass to its last hidden states (``agents.engine.scoring.last_hidden``);
 - scoring: the rest of ``Policy.token_logprobs``: the LM head at the turn tokens, logsumexp and gather
@@ -17,7 +19,7 @@ timed with the update's pieces wrapped in timers (wall clock, ``time.perf_counte
 TRL: ``DPOTrainer`` on the same pairs (see ``update_speed.py``: explicit ``ref_model``, fp32, ``use_cpu``),
 in its settings (defaults; no gradient checkpointing; and that with precomputed reference log-probs; TRL
 1.16's ``padding_free`` falls back to padding, and it has no ``use_logits_to_keep``); the median step time after the first
-step. Ratio: our DPO step over TRL's fastest setting; target (issue 11) at most 0.80. Agents and TRL run in
+step, on the same clock. Ratio: our DPO step over TRL's fastest setting; target (issue 11) at most 0.80. Agents and TRL run in
 the same process, one after another, interleaved over ``--rounds`` rounds (the median over rounds is
 reported), so that a load change on a shared machine hits both.
 """
@@ -41,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from update_speed import TRL_SETTINGS, fresh_policy, load_reference, time_trl  # noqa: E402
 
+CLOCK = [time.process_time]  # --wall: time.perf_counter
 PIECES = ("decoder", "scoring", "backward", "optimiser", "data prep and loss")
 TRL_EXTRA: dict = {}  # padding_free: TRL 1.16 disables it ("temporarily unavailable after a refactor")
 
@@ -50,11 +53,11 @@ def patched(obj, name: str, clock: dict, key: str):
     orig = getattr(obj, name)
 
     def timed(*a, **kw):
-        t0 = time.perf_counter()
+        t0 = CLOCK[0]()
         try:
             return orig(*a, **kw)
         finally:
-            clock[key] += time.perf_counter() - t0
+            clock[key] += CLOCK[0]() - t0
 
     setattr(obj, name, timed)
     try:
@@ -80,9 +83,9 @@ def profile_agent(agent, batch, minibatch: int, repeats: int) -> dict:
             for obj, name in ((torch.Tensor, "backward"), (torch.nn.utils, "clip_grad_norm_"),
                               (agent.optimizer, "step"), (agent.optimizer, "zero_grad")):
                 stack.enter_context(patched(obj, name, clock, "backward" if name == "backward" else "optimiser"))
-            t0 = time.perf_counter()
+            t0 = CLOCK[0]()
             agent.update(batch)
-            total = time.perf_counter() - t0
+            total = CLOCK[0]() - t0
         if split:
             clock["scoring"] = clock["forward"] - clock["decoder"]
         else:
@@ -112,12 +115,15 @@ def main() -> None:
     ap.add_argument("--collect-temperature", type=float, default=2.0,
                     help="sampling temperature of the collection only (the shipped pi_0 is nearly deterministic: at 1.0 "
                          "almost every pair is two identical responses or a tie)")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--wall", action="store_true", help="wall-clock time instead of process CPU time")
     ap.add_argument("--repeats", type=int, default=3, help="profiled updates per agent per round (after a warm-up)")
     ap.add_argument("--rounds", type=int, default=2, help="rounds of (agents, TRL), interleaved")
     ap.add_argument("--agents", default="refuel,rebel,dpo")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.wall:
+        CLOCK[0] = time.perf_counter
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="trl")
 
@@ -144,10 +150,10 @@ def main() -> None:
     steps = max(4, 2 * math.ceil(n / args.minibatch))
     names = [a for a in args.agents.split(",") if a]
     print(f"$ python benchmarks/update_profile.py {' '.join(sys.argv[1:])}".rstrip())
-    print(f"{n} pairs (of {args.pairs}; ties dropped), minibatch {args.minibatch} pairs (= {2 * args.minibatch} "
+    print(f"{n} pairs (of {args.pairs}; ties dropped), {'wall' if args.wall else 'process CPU'} time, minibatch {args.minibatch} pairs (= {2 * args.minibatch} "
           f"sequences), torch threads {args.threads}, model {sum(p.numel() for p in pi0.model.parameters()) / 1e6:.2f}M "
-          f"parameters; collection (pi_0's dialogues, judge, old/reference log-probs) {collect_s:.1f} s, outside the "
-          "update", flush=True)
+          f"parameters; collection (pi_0's dialogues, judge, old/reference log-probs) {collect_s:.1f} s wall, outside "
+          "the update", flush=True)
     settings = trl_settings()
     ours, trl = defaultdict(list), defaultdict(list)
     for r in range(args.rounds):
@@ -158,7 +164,7 @@ def main() -> None:
         for label, kw in settings.items():
             try:
                 with redirect_stdout(io.StringIO()):  # the Trainer's end-of-training log line
-                    trl[label].append(time_trl(pi0, dataset, args.minibatch, args.lr, steps, **kw)[0])
+                    trl[label].append(time_trl(pi0, dataset, args.minibatch, args.lr, steps, CLOCK[0], **kw)[0])
             except Exception as e:  # a setting this TRL or this model cannot run
                 print(f"  {label}: failed ({type(e).__name__}: {str(e)[:160]})", flush=True)
                 trl[label].append(float("nan"))

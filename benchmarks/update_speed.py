@@ -90,7 +90,7 @@ TRL_SETTINGS = {
 }
 
 
-def time_trl(pi0, dataset, minibatch, lr, steps, **overrides):
+def time_trl(pi0, dataset, minibatch, lr, steps, clock=time.perf_counter, **overrides):
     from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
@@ -99,10 +99,10 @@ def time_trl(pi0, dataset, minibatch, lr, steps, **overrides):
             self.times, self.t0 = [], None
 
         def on_step_begin(self, args, state, control, **kw):
-            self.t0 = time.perf_counter()
+            self.t0 = clock()
 
         def on_step_end(self, args, state, control, **kw):
-            self.times.append(time.perf_counter() - self.t0)
+            self.times.append(clock() - self.t0)
 
     timer = Timer()
     with tempfile.TemporaryDirectory() as tmp:
