@@ -222,7 +222,7 @@ def section_vllm(args, device: str, size: dict) -> dict:
            "engine": engine, "load_s": round(load_s, 1), "vllm": time_backend(vb, calls, size["gen_tokens"],
                                                                               args.repeat, device)}
     vg = greedy(vb, calls, size["gen_tokens"])
-    model, tok, name = load_model(False, device, args.dtype)
+    model, tok, _ = load_model(False, device, args.dtype)
     tb = TransformersBackend(model, tok, device=device)
     out["transformers"] = time_backend(tb, calls, size["gen_tokens"], args.repeat, device)
     tg = greedy(tb, calls, size["gen_tokens"])

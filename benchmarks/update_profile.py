@@ -165,7 +165,7 @@ def main() -> None:
             try:
                 with redirect_stdout(io.StringIO()):  # the Trainer's end-of-training log line
                     trl[label].append(time_trl(pi0, dataset, args.minibatch, args.lr, steps, CLOCK[0], **kw)[0])
-            except Exception as e:  # a setting this TRL or this model cannot run
+            except Exception as e:  # noqa: BLE001 - a setting this TRL or this model cannot run: recorded
                 print(f"  {label}: failed ({type(e).__name__}: {str(e)[:160]})", flush=True)
                 trl[label].append(float("nan"))
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1]['total'] * 1e3:.1f} ms" for k, v in ours.items())

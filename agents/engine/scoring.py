@@ -23,7 +23,7 @@ the mask's positions in) every position is scored and the mask applied after.
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -111,7 +111,7 @@ def chosen_logprobs(states: torch.Tensor, head: Callable | None, targets: torch.
     size = max(1, (chunk_elements or CHUNK_ELEMENTS) // max(vocab, 1))
     # checkpointed when there is more than one chunk (one chunk's logits may stay: a bounded size)
     ckpt = rows.shape[0] > size and torch.is_grad_enabled() and (rows.requires_grad or any(
-        p.requires_grad for p in getattr(head, "parameters", lambda: [])()))
+        p.requires_grad for p in getattr(head, "parameters", list)()))
     parts = []
     for i in range(0, rows.shape[0], size):
         r, t = rows[i:i + size], tg[i:i + size]
