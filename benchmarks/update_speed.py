@@ -68,9 +68,8 @@ def time_pair_agents(names, pi0, batch, minibatch, lr, repeats):
 
     out = {}
     for name in names:
-        opts = {"online": False} if name == "dpo" else {}
         agent = make_agent(name, policy=fresh_policy(pi0, name), ref_policy=pi0, epochs=1, minibatch_size=minibatch,
-                           lr=lr, seed=0, **opts)
+                           lr=lr, seed=0)
         out[name] = timed_updates(agent, batch, minibatch, repeats)
     return out
 
@@ -91,7 +90,7 @@ TRL_SETTINGS = {
 }
 
 
-def time_trl(pi0, dataset, minibatch, lr, steps, **overrides):
+def time_trl(pi0, dataset, minibatch, lr, steps, clock=time.perf_counter, **overrides):
     from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
@@ -100,10 +99,10 @@ def time_trl(pi0, dataset, minibatch, lr, steps, **overrides):
             self.times, self.t0 = [], None
 
         def on_step_begin(self, args, state, control, **kw):
-            self.t0 = time.perf_counter()
+            self.t0 = clock()
 
         def on_step_end(self, args, state, control, **kw):
-            self.times.append(time.perf_counter() - self.t0)
+            self.times.append(clock() - self.t0)
 
     timer = Timer()
     with tempfile.TemporaryDirectory() as tmp:
@@ -127,6 +126,9 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=256, help="pairs collected (before ties are dropped)")
     ap.add_argument("--minibatch", type=int, default=8, help="pairs per optimiser step")
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--collect-temperature", type=float, default=2.0,
+                    help="sampling temperature of the collection only (the shipped pi_0 is nearly deterministic: at 1.0 "
+                         "almost every pair is two identical responses or a tie)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3, help="timed updates per agent (after one warm-up)")
     ap.add_argument("--agents", default="refuel,rebel,dpo,ppo")
@@ -146,7 +148,7 @@ def main() -> None:
     pi0.model.requires_grad_(False)
     # one batch of pairs on pi_0's dialogues; DPO's collection drops ties, so every learner sees the same pairs
     collector = make_agent("dpo", policy=fresh_policy(pi0, "collector"), ref_policy=pi0, batch_size=args.pairs,
-                           online=False, seed=0)
+                           seed=0, temperature=args.collect_temperature)  # DPO's default: pi_0's dialogues, last-turn pairs
     batch = collector.collect(env)
     n = len(batch)
     if n < args.minibatch:

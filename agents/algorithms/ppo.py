@@ -9,7 +9,8 @@ over the batch; a value head (a linear layer on the policy's last hidden state) 
     vf_loss = 0.5 * mean( max((V - R)^2, (clip(V, V_old - eps_v, V_old + eps_v) - R)^2) )
     loss = pg_loss + vf_coef * vf_loss
 
-TRL no longer ships a PPO trainer; this one reuses TRL's ``selective_log_softmax`` (through the policy).
+TRL no longer ships a PPO trainer. Token log-probabilities come from the policy's memory-safe scoring
+(:mod:`agents.engine.scoring`), at the turn tokens only.
 """
 
 from __future__ import annotations
@@ -119,7 +120,8 @@ class PPOAgent(Agent):
         policy, head = (self.policy.model, self.value_head)
         if train:  # an update's forward passes: through the DDP wrappers under a multi-process launch
             policy, head = self.wrapped(policy), self.wrapped(head)
-        lp, hidden = self.policy.token_logprobs(enc, policy, self.config.temperature, return_hidden=True)
+        lp, hidden = self.policy.token_logprobs(enc, policy, self.config.temperature, return_hidden=True,
+                                               turns_only=True)  # 0 off the turns, where the mask drops it
         values = head(hidden[:, :-1].float()).squeeze(-1)
         return lp, values
 
@@ -165,7 +167,7 @@ class PPOAgent(Agent):
         pi_ref), GAE advantages and returns of dialogues ``enc`` that scored ``scores``; on the policy's device."""
         c = self.config
         old, values = self._forward(enc)
-        ref = self.ref_policy.token_logprobs(enc, temperature=c.temperature)
+        ref = self.ref_policy.token_logprobs(enc, temperature=c.temperature, turns_only=True)
         mask = enc.turn_mask[:, 1:].float().to(old.device)
         rewards = kl_rewards(old, ref, mask, scores, c.kl_coef)
         adv = gae(rewards, values, mask, c.gamma, c.lam)

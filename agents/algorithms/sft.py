@@ -64,7 +64,7 @@ class SFTAgent(Agent):
         losses = []
         for idx in self.minibatches(len(batch)):
             enc = batch.data["enc"].select(torch.as_tensor(idx))
-            lp = self.policy.token_logprobs(enc, temperature=self.config.temperature)
+            lp = self.policy.token_logprobs(enc, temperature=self.config.temperature, turns_only=True)
             mask = enc.turn_mask[:, 1:].to(lp.device).float()
             out = self.optimise(-(lp * mask).sum() / mask.sum())
             if out:

@@ -73,9 +73,10 @@ class AdapterDisabledPolicy(Policy):
     It shares the model with the trained policy, so do not freeze or move ``.model`` through this view
     (``requires_grad_(False)`` would freeze the adapters too). Made by :meth:`Policy.reference`."""
 
-    def token_logprobs(self, enc, model=None, temperature: float = 1.0, return_hidden: bool = False):
+    def token_logprobs(self, enc, model=None, temperature: float = 1.0, return_hidden: bool = False,
+                       turns_only: bool = False):
         with self.model.disable_adapter():
-            return super().token_logprobs(enc, model, temperature, return_hidden)
+            return super().token_logprobs(enc, model, temperature, return_hidden, turns_only)
 
     def generate(self, conversations, params, seed=None):
         with self.model.disable_adapter():

@@ -20,11 +20,11 @@ from typing import Any, Sequence
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
-from trl.trainer.utils import selective_log_softmax
 
 from refuel_env.types import SamplingParams
 
 from .chat import ChatEncoder, Conversation, EncodedTurns
+from .scoring import chosen_logprobs, last_hidden
 
 BASE_CONFIG = "base_config.json"
 """The base model's config in a LoRA policy's directory (beside peft's adapter files)."""
@@ -149,22 +149,20 @@ class Policy:
         return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
 
     # ---------------------------------------------------------------- scoring
-    def token_logprobs(self, enc: EncodedTurns, model=None, temperature: float = 1.0, return_hidden: bool = False):
-        """Per-token log-probabilities [N, T-1] of input_ids[:, 1:] at ``temperature`` (and the last hidden
-        states if asked)."""
+    def token_logprobs(self, enc: EncodedTurns, model=None, temperature: float = 1.0, return_hidden: bool = False,
+                       turns_only: bool = False):
+        """Per-token log-probabilities [N, T-1] (float32) of input_ids[:, 1:] at ``temperature`` (and the last
+        hidden states [N, T, H] if asked). ``turns_only``: only at the turn mask's tokens, 0 elsewhere (the LM
+        head runs at those positions alone). Memory-safe: see :mod:`agents.engine.scoring`."""
         enc = enc.to(self.device)
-        model = model or self.model
-        out = model(input_ids=enc.input_ids, attention_mask=enc.attention_mask, output_hidden_states=return_hidden)
-        logits = out.logits[:, :-1].float()
-        if temperature != 1.0:
-            logits = logits / temperature
-        lp = selective_log_softmax(logits, enc.input_ids[:, 1:])
-        return (lp, out.hidden_states[-1]) if return_hidden else lp
+        states, head, hidden = last_hidden(model or self.model, enc.input_ids, enc.attention_mask, return_hidden)
+        mask = enc.turn_mask[:, 1:] if turns_only else None
+        lp = chosen_logprobs(states[:, :-1], head, enc.input_ids[:, 1:], mask, temperature)
+        return (lp, hidden) if return_hidden else lp
 
     def sequence_logprobs(self, enc: EncodedTurns, model=None, temperature: float = 1.0) -> torch.Tensor:
         """Summed log-probabilities [N] of the masked turn tokens (differentiable)."""
-        lp = self.token_logprobs(enc, model, temperature)
-        return (lp * enc.turn_mask[:, 1:].to(lp.device)).sum(-1)
+        return self.token_logprobs(enc, model, temperature, turns_only=True).sum(-1)
 
     @torch.no_grad()
     def sequence_logprobs_nograd(self, enc: EncodedTurns, temperature: float = 1.0, batch_size: int | None = None,
