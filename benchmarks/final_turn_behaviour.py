@@ -1,7 +1,8 @@
 """What each trained row does on the final turn, from a finished benchmark's checkpoints (a diagnosis, not a test).
 
 For every unit of the listed rows: 512 held-out dialogues at H = H_max (the benchmark's evaluation split and
-seed), and the final assistant turn classified as a guess of an animal still possible, a guess of one already
+seed), and the share of guesses among the turns before the last (pi_0's demonstrator guesses on half of them in
+the planning configuration, never in the execution one), and the final assistant turn classified as a guess of an animal still possible, a guess of one already
 ruled out, or not a guess (a question or unparsable text); with the score after turn H-1 (planning) and the final
 score. Explains a row's execution loss in the report's "Planning and execution" table.
 
@@ -45,14 +46,18 @@ def main(out: str, *rows: str, n: int = 512) -> None:
                          for d in sorted((out / "units").glob(f"{row}-[0-9]*")) if d.is_dir()]
     kinds = ["guess, still possible", "guess, ruled out", "not a guess"]
     print(f"{out}: {n} held-out dialogues per unit at H = {H}, eval seed {cfg.eval.seed}, sampled as in the benchmark's evaluation")
-    print("| row | units | planning (after H-1) | final | " + " | ".join(kinds) + " | ended early (solved) |")
-    print("|---|---|---|---|" + "---|" * (len(kinds) + 1))
+    print("| row | units | planning (after H-1) | final | " + " | ".join(kinds) + " | ended early (solved) | "
+          "guesses on turns 1..H-1 |")
+    print("|---|---|---|---|" + "---|" * (len(kinds) + 2))
     for row, pols in policies.items():
-        counts, plan, final, early = {k: 0 for k in kinds}, [], [], 0
+        counts, plan, final, early, asked, guessed = {k: 0 for k in kinds}, [], [], 0, 0, 0
         for pol in pols:
             r = rollout(pol, env, n, seed=cfg.eval.seed, horizon=H)
             for s in r.finals:
                 final.append(s.scores[-1])
+                said = [m["content"] for m in s.messages if m["role"] == "assistant"][:H - 1]
+                asked += len(said)
+                guessed += sum(task.parse(t).kind == "guess" for t in said)
                 plan.append(s.scores[min(H - 1, len(s.scores)) - 1])
                 if s.turn < H:
                     early += 1
@@ -60,7 +65,7 @@ def main(out: str, *rows: str, n: int = 512) -> None:
                     counts[classify(task, s)] += 1
         total = len(final)
         print(f"| {row} | {len(pols)} | {np.mean(plan):.3f} | {np.mean(final):.3f} | "
-              + " | ".join(f"{100 * counts[k] / total:.1f}%" for k in kinds) + f" | {100 * early / total:.1f}% |")
+              + " | ".join(f"{100 * counts[k] / total:.1f}%" for k in kinds) + f" | {100 * early / total:.1f}% | {100 * guessed / max(asked, 1):.1f}% |")
 
 
 if __name__ == "__main__":

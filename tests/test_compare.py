@@ -75,6 +75,8 @@ def test_the_verdict_follows_the_intervals():
     assert "beats every" not in text
     res["controls"]["NEGATIVE-CONTROL"]["ok"] = False
     assert verdict({"rows": table, "turns": [1, 2, 3], **res})[0].startswith("Power NOT shown")
+    one = conclusions({"rows": table, "turns": [1, 2, 3]}, units, SEEDS[:1], n_boot=50)
+    assert one["verdict"][0].startswith("ONE training seed") and len(SEEDS) > 1
 
 
 def test_tuning_gives_every_row_the_same_grid_on_other_seeds_and_picks_the_best_final_score():

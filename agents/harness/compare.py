@@ -182,4 +182,8 @@ def conclusions(results: dict, units: dict, seeds: Sequence[int], n_boot: int = 
     out = {"paired": paired, "controls": controls(rows),
            "final_turn_half_width": float(np.mean(widths)) if widths else float("nan")}
     out["verdict"] = verdict({**results, **out})
+    if len(seeds) < 2:  # the intervals then hold the held-out dialogues' spread only
+        out["verdict"].insert(0, "ONE training seed: the intervals cover the held-out dialogues, not the spread between "
+                                 "training runs, so the sentences below are not conclusions (the comparison preset "
+                                 "has 5 seeds).")
     return out
