@@ -129,3 +129,104 @@ def test_dpo_loss_matches_trl_dpo_trainer(tiny, tmp_path):
     ours = dpo_loss(lw, ll, rw, rl, 0.1)
     assert abs(float(ours) - float(trl_loss)) < 1e-5, (float(ours), float(trl_loss))
     assert abs(float(ours) - math.log(2)) > 1e-4  # the comparison is not vacuous
+
+
+# ------------------------------------------------------------------------------------------ PPO's terms
+def test_ppo_policy_loss_clips_the_ratio_by_hand():
+    """The clipped surrogate, token by token: a ratio outside [1 - eps, 1 + eps] on the side the advantage favours
+    is clipped (its value is the clipped one and its gradient is zero); on the other side it is not."""
+    from agents.algorithms.ppo import policy_loss
+
+    eps = 0.2
+    ratio = torch.tensor([[1.5, 0.5, 1.5, 0.5, 1.1, 3.0]])
+    adv = torch.tensor([[1.0, 1.0, -1.0, -1.0, 2.0, 100.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 1.0, 1.0, 0.0]])  # the last token is not an assistant token
+    logp_old = torch.tensor([[-1.0, -2.0, -0.5, -3.0, -1.5, -1.0]])
+    logp = (logp_old + ratio.log()).clone().requires_grad_(True)
+    loss, r = policy_loss(logp, logp_old, adv, mask, eps)
+    assert torch.allclose(r, ratio)
+    # per token max(-A r, -A clip(r)):
+    #   r=1.5, A=+1: max(-1.5, -1.2) = -1.2 (clipped)    r=0.5, A=+1: max(-0.5, -0.8) = -0.5
+    #   r=1.5, A=-1: max( 1.5,  1.2) =  1.5              r=0.5, A=-1: max( 0.5,  0.8) =  0.8 (clipped)
+    #   r=1.1, A=+2: -2.2 (inside the range)             masked token: not counted
+    assert loss.item() == pytest.approx((-1.2 - 0.5 + 1.5 + 0.8 - 2.2) / 5)
+    loss.backward()
+    # d/d logp of -A r is -A r where the ratio is not clipped, 0 where it is (and on the masked token)
+    expected = torch.tensor([[0.0, -0.5, 1.5, 0.0, -2.2, 0.0]]) / 5
+    assert torch.allclose(logp.grad, expected, atol=1e-6)
+
+
+def test_ppo_value_loss_clips_the_value_update_by_hand():
+    from agents.algorithms.ppo import masked_mean, value_loss
+
+    v = torch.tensor([[1.0, 0.0, 0.5, 9.0]], requires_grad=True)
+    v_old = torch.tensor([[0.5, 0.5, 0.5, 0.0]])
+    ret = torch.tensor([[0.0, 1.0, 0.6, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    # clip(v, v_old -+ 0.2) = 0.7, 0.3, 0.5: max((v - R)^2, (v_clip - R)^2) = max(1, 0.49), max(1, 0.49), 0.01
+    loss = value_loss(v, v_old, ret, mask, 0.2)
+    assert loss.item() == pytest.approx(0.5 * (1.0 + 1.0 + 0.01) / 3)
+    loss.backward()
+    assert torch.allclose(v.grad, torch.tensor([[1.0, -1.0, -0.1, 0.0]]) / 3, atol=1e-6)
+    assert masked_mean(torch.tensor([[2.0, 4.0]]), torch.tensor([[0.0, 0.0]])).item() == 0.0  # no token: 0, not nan
+
+
+def test_ppo_kl_rewards_by_hand():
+    from agents.algorithms.ppo import kl_rewards
+
+    old = torch.tensor([[-1.0, -2.0, -0.5, -1.0], [-0.3, -0.7, -1.0, -1.0]])
+    ref = torch.tensor([[-1.5, -1.0, -0.5, -4.0], [-0.1, -0.9, -2.0, -2.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0, 1.0], [1.0, 1.0, 0.0, 0.0]])
+    out = kl_rewards(old, ref, mask, torch.tensor([1.0, 0.25]), 0.1)
+    expected = torch.tensor([[-0.1 * 0.5, -0.1 * -1.0, 0.0, -0.1 * 3.0 + 1.0],  # score on the LAST assistant token
+                             [-0.1 * -0.2, -0.1 * 0.2 + 0.25, 0.0, 0.0]])
+    assert torch.allclose(out, expected, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def ppo_env():
+    import gymnasium as gym
+
+    import refuel_env  # noqa: F401
+
+    return gym.make_vec("RefuelDialogue-v0", num_envs=1, max_turns=3)
+
+
+def test_ppo_collect_pays_the_kl_penalty_to_a_reference_that_differs(tiny, ppo_env):
+    """On ``collect``, with pi_ref != pi_t: kl_coef changes the advantages, and (gamma = lam = 1, no whitening, a
+    fresh value head that says 0) each token's advantage is the sum of the rewards from it on, where the reward is
+    ``-kl_coef * (ln pi_old - ln pi_ref)`` per assistant token plus the judge's score on the last one."""
+    from agents import make_agent
+
+    torch.manual_seed(4)
+    ref = tiny.clone("pi_ref")
+    with torch.no_grad():
+        for p in ref.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+
+    def collect(kl, **kw):
+        agent = make_agent("ppo", policy=Policy(copy.deepcopy(tiny.model), tiny.tokenizer), ref_policy=ref,
+                           batch_size=4, seed=7, max_new_tokens=8, kl_coef=kl, **kw)
+        return agent, agent.collect(ppo_env).data
+
+    exact = dict(gamma=1.0, lam=1.0, whiten_advantages=False)
+    agent, d0 = collect(0.0, **exact)
+    _, d1 = collect(0.05, **exact)
+    enc, mask, old = d1["enc"], d1["mask"], d1["old"]
+    assert torch.equal(enc.input_ids, d0["enc"].input_ids)  # the same dialogues: kl_coef does not change sampling
+    assert torch.all(d1["values"] == 0)
+    with torch.no_grad():
+        ref_lp = ref.token_logprobs(enc)
+    assert ((old - ref_lp).abs() * mask).sum() > 1e-3  # the reference does differ from the policy
+    reward = -0.05 * (old - ref_lp) * mask
+    to_go = reward.flip(1).cumsum(1).flip(1) * mask  # sum of the KL rewards from each token on
+    assert torch.allclose((d1["adv"] - d0["adv"]) * mask, to_go, atol=1e-5)
+    for i in range(len(mask)):  # kl_coef 0: every token's advantage is the dialogue's final score
+        on = mask[i] > 0
+        assert torch.allclose(d0["adv"][i][on], d0["adv"][i][on][-1].expand(int(on.sum())))
+    assert torch.allclose(d1["returns"], d1["adv"] + d1["values"])
+    assert d1["kl"] == pytest.approx(float(((old - ref_lp) * mask).sum() / mask.sum()), rel=1e-4)
+    # with the default GAE and whitening the advantages differ too
+    _, w0 = collect(0.0)
+    _, w1 = collect(0.05)
+    assert not torch.allclose(w0["adv"], w1["adv"], atol=1e-4)

@@ -145,3 +145,200 @@ def test_eval_prefix_dialogues_are_the_same_dialogues(env, tiny_reference):
     p = SamplingParams(max_new_tokens=24, temperature=1.0)
     small, big = rollout(tiny_reference, env, 6, seed=9, params=p), rollout(tiny_reference, env, 20, seed=9, params=p)
     assert [s.messages for s in small.finals] == [s.messages for s in big.finals[:6]]
+
+
+# ------------------------------------------------------------------------------------------ who speaks where
+# Each row's roll-in source, responder (who answers at turn h and continues the branches), target and anchor,
+# checked on what the agent's collect actually did after pi_t has moved away from pi_0 (as an update would move
+# it): every generation of pi_t, pi_0, the offline demonstrator and the expert is recorded, and every assistant
+# message of the collected data is traced back to the speaker that produced it from that very prefix.
+ROW_SPEAKERS = {  # label: (roll-in, responder and continuation, target); PPO and SFT: (None, who speaks, "dialogues")
+    "REFUEL": ("pi_t", "pi_t", "relative_future"),
+    "NEGATIVE-CONTROL": ("pi_t", "pi_t", "relative_future"),
+    "REFUEL-GRADED": ("pi_t", "pi_t", "relative_future"),
+    "REFUEL-K4": ("pi_t", "pi_t", "relative_future"),
+    "REBEL-LT-OFFLINE": ("offline", "pi_t", "last_turn"),
+    "REBEL-LT-MIXED": ("pi_0", "pi_t", "last_turn"),
+    "REBEL-MT": (None, "pi_t", "multi_turn"),
+    "DPO-LT-OFFLINE": ("offline", "pi_t", "last_turn"),
+    "DPO-LT-MIXED": ("pi_0", "pi_t", "last_turn"),
+    "DPO-MT": (None, "pi_t", "multi_turn"),
+    "DPO-ONLINE": ("pi_t", "pi_t", "last_turn"),
+    "PPO": (None, "pi_t", "dialogues"),
+    "POSITIVE-CONTROL": (None, "expert", "dialogues"),
+}
+WHO = {"current": "pi_t", "reference": "pi_0", "offline": "offline", "none": None}
+
+
+class Speakers:
+    """Records, for every conversation a speaker was asked to continue, what it said."""
+
+    def __init__(self, limit: int):
+        self.said: dict = {}
+        self.limit = limit
+
+    @staticmethod
+    def key(conv):
+        return tuple((m["role"], m["content"]) for m in conv)
+
+    def record(self, who, convs, texts):
+        for c, t in zip(convs, texts):
+            self.said.setdefault(self.key(c), set()).add((who, t[: self.limit]))
+
+    def policy(self, who, policy):
+        real = policy.generate
+
+        def generate(convs, params, seed=None):
+            out = real(convs, params, seed=seed)
+            self.record(who, convs, out.texts)
+            return out
+
+        policy.generate = generate
+
+    def scripted(self, who, speaker):
+        real = speaker.act
+
+        def act(convs):
+            out = real(convs)
+            self.record(who, convs, out)
+            return out
+
+        speaker.act = act
+        return speaker
+
+    def who(self, prefix, text) -> set:
+        return {w for w, t in self.said.get(self.key(prefix), ()) if t == text}
+
+    def speakers(self) -> set:
+        return {w for said in self.said.values() for w, _ in said}
+
+    def check(self, messages, start, expected, what):
+        """Every assistant message from index ``start`` on was said by ``expected`` from the same prefix. (Two
+        speakers may say the same thing from the same state, e.g. pi_0 and the demonstrator it imitates: the
+        speakers that were never to speak are checked to be silent, see :func:`check_pairs`.)"""
+        n = 0
+        for j in range(start, len(messages)):
+            if messages[j]["role"] == "assistant":
+                assert expected in self.who(messages[:j], messages[j]["content"]), (what, j, messages)
+                n += 1
+        return n
+
+
+def collect_with_speakers(label, tiny_reference, monkeypatch, options=None):
+    """Collect one batch of row ``label`` (or an agent with ``options``) with pi_t != pi_0, recording who spoke."""
+    import copy
+
+    import torch
+
+    from agents.engine.policy import Policy
+    from agents.engine.rollout import RolloutEngine
+    from agents.harness.build import make_env, training_env
+    from agents.harness.config import EnvConfig
+
+    cfg = ExperimentConfig(agents=[label], env=EnvConfig(max_turns=3))
+    spec = agent_spec(label)
+    kw = {**agent_kwargs(cfg, spec, seed=11), **(options or {}), "batch_size": 16, "max_new_tokens": 16}
+    env = training_env(cfg, spec) or make_env(cfg.env)
+    agent = make_agent(spec.agent, policy=Policy(copy.deepcopy(tiny_reference.model), tiny_reference.tokenizer), **kw)
+    torch.manual_seed(0)
+    with torch.no_grad():  # pi_t moves away from pi_0 (agent.ref_policy, the frozen copy made at construction)
+        for p in agent.policy.model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    machine = machine_of_env(env)
+    spy = Speakers(machine.max_message_chars)
+    spy.policy("pi_t", agent.policy)
+    spy.policy("pi_0", agent.ref_policy)
+    task = machine.task
+    for who, attr in (("offline", "offline_speaker"), ("expert", "expert_speaker")):
+        real = getattr(task, attr)
+        monkeypatch.setattr(task, attr, lambda seed=None, _real=real, _who=who: spy.scripted(_who, _real(seed=seed)))
+    seen = {}
+    for name in ("pairs", "dialogues"):
+        real = getattr(RolloutEngine, name)
+
+        def wrapper(self, *a, _real=real, _name=name, **k):
+            out = _real(self, *a, **k)
+            seen[_name] = out
+            return out
+
+        monkeypatch.setattr(RolloutEngine, name, wrapper)
+    batch = agent.collect(env)
+    return agent, batch, spy, seen
+
+
+def machine_of_env(env):
+    from refuel_env.core import machine_of
+
+    return machine_of(env)
+
+
+def check_pairs(agent, batch, spy, pairs, rollin, responder, target):
+    import torch
+
+    assert len(pairs.contexts) > 0 and len(batch) > 0
+    assert spy.speakers() == {rollin, responder} - {None}  # nobody else spoke
+    said = {"rollin": 0, "response": 0, "continuation": 0}
+    for i, ctx in enumerate(pairs.contexts):
+        h, H = int(pairs.turns[i]), int(pairs.horizons[i])
+        assert sum(m["role"] == "assistant" for m in ctx) == h - 1  # s_h: h - 1 turns rolled in
+        said["rollin"] += spy.check(ctx, 0, rollin, "roll-in")
+        if target == "multi_turn":
+            assert h == 1 and len(ctx) == 1
+        if target == "last_turn":
+            assert h == H
+        for branch, response in zip(pairs.finals[i], pairs.responses[i]):
+            assert branch.messages[: len(ctx)] == ctx and branch.messages[len(ctx)]["content"] == response
+            assert responder in spy.who(ctx, response), ("response", ctx, response)
+            said["response"] += 1
+            said["continuation"] += spy.check(branch.messages, len(ctx) + 1, responder, "continuation")
+            if target == "last_turn":
+                assert branch.turn == h  # nothing continued
+            else:
+                assert branch.done or branch.turn == H  # continued to the horizon
+        if agent.config.continuations == 1:  # Q of each branch: the judge's score at the end of that branch
+            assert pairs.returns[i].tolist() == [b.scores[-1] for b in pairs.finals[i]]
+    if rollin is not None:
+        assert said["rollin"] > 0
+    if target == "last_turn":
+        assert said["continuation"] == 0
+    else:
+        assert said["continuation"] > 0
+    # the trained pairs are the collected ones, with their returns; the stored log-probabilities are the anchor's
+    d = batch.data
+    for ctx, resp, ret in zip(d["contexts"], d["responses"], d["returns"].tolist()):
+        contexts, responses = agent.responses(pairs)
+        match = [pairs.returns[k] for k in range(len(contexts)) if contexts[k] == ctx and tuple(responses[k]) == tuple(resp)]
+        assert any(np.allclose(ret, q, atol=1e-6) for q in match), (ret, match)
+    anchor = agent.policy if type(agent).anchor == "pi_t" else agent.ref_policy
+    other = agent.ref_policy if anchor is agent.policy else agent.policy
+    old = torch.cat([d["old_a"], d["old_b"]])
+    assert torch.allclose(old, anchor.sequence_logprobs_nograd(d["enc"]), atol=1e-5)
+    assert not torch.allclose(old, other.sequence_logprobs_nograd(d["enc"]), atol=1e-5)
+
+
+@pytest.mark.parametrize("label", list(ROW_SPEAKERS))
+def test_each_row_rolls_in_responds_and_continues_with_its_own_speakers(label, tiny_reference, monkeypatch):
+    rollin, responder, target = ROW_SPEAKERS[label]
+    agent, batch, spy, seen = collect_with_speakers(label, tiny_reference, monkeypatch)
+    if target == "dialogues":  # PPO and SFT: whole dialogues from the opening
+        states = seen["dialogues"]
+        assert "pairs" not in seen and len(states) == 16
+        assert sum(spy.check(s.messages, 0, responder, "dialogue") for s in states) >= 16
+        assert spy.speakers() == {responder}
+        return
+    assert "dialogues" not in seen
+    c = agent.config
+    assert (WHO[c.rollin], WHO[c.responder], c.target) == (rollin, responder, target)
+    check_pairs(agent, batch, spy, seen["pairs"][0], rollin, responder, target)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rollin, responder, target", [
+    (r, s, t) for t in ("relative_future", "last_turn") for r in ("current", "reference", "offline")
+    for s in ("current", "reference")] + [("none", s, "multi_turn") for s in ("current", "reference")])
+def test_every_rollin_and_responder_configuration_speaks_as_declared(rollin, responder, target, tiny_reference,
+                                                                     monkeypatch):
+    for agent_name in ("refuel", "dpo"):
+        agent, batch, spy, seen = collect_with_speakers(
+            agent_name, tiny_reference, monkeypatch, {"rollin": rollin, "responder": responder, "target": target})
+        check_pairs(agent, batch, spy, seen["pairs"][0], WHO[rollin], WHO[responder], target)
