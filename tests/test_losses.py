@@ -230,3 +230,110 @@ def test_ppo_collect_pays_the_kl_penalty_to_a_reference_that_differs(tiny, ppo_e
     _, w0 = collect(0.0)
     _, w1 = collect(0.05)
     assert not torch.allclose(w0["adv"], w1["adv"], atol=1e-4)
+
+
+def test_gae_of_one_token_and_masked_mean_of_one_token():
+    out = gae(torch.tensor([[0.7], [0.2]]), torch.tensor([[0.5], [0.0]]), torch.tensor([[1.0], [0.0]]), 0.9, 0.8)
+    assert torch.allclose(out, torch.tensor([[0.2], [0.0]]))
+    from agents.algorithms.ppo import masked_mean
+
+    assert masked_mean(torch.tensor([[3.0, 5.0]]), torch.tensor([[0.0, 1.0]])).item() == 5.0
+
+
+def test_ppo_value_loss_takes_the_clipped_error_where_it_is_larger():
+    from agents.algorithms.ppo import value_loss
+
+    v = torch.tensor([[1.0, -1.0]], requires_grad=True)
+    v_old = torch.tensor([[0.0, 0.0]])
+    ret = torch.tensor([[0.9, -0.9]])
+    # clip(v) = 0.2 and -0.2: (0.2 - 0.9)^2 = 0.49 > (1 - 0.9)^2 = 0.01, both sides: the clipped error, no gradient
+    loss = value_loss(v, v_old, ret, torch.ones(1, 2), 0.2)
+    assert loss.item() == pytest.approx(0.5 * 0.49)
+    loss.backward()
+    assert torch.all(v.grad == 0)
+
+
+def test_ppo_update_by_hand_on_one_minibatch(tiny, ppo_env):
+    """One epoch, one minibatch: the update's forward pass sees pi_old itself (ratio 1), so its metrics are known:
+    clipfrac 0, approx_kl 0, pg_loss = -mean(whitened A) = 0, vf_loss = 0.5 mean(R^2) (the fresh value head says 0)."""
+    from agents import make_agent
+    from agents.base import Batch
+
+    torch.manual_seed(5)
+    ref = tiny.clone("pi_ref")
+    with torch.no_grad():
+        for p in ref.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    agent = make_agent("ppo", policy=Policy(copy.deepcopy(tiny.model), tiny.tokenizer), ref_policy=ref, batch_size=6,
+                       seed=3, max_new_tokens=8, temperature=0.7, epochs=1, minibatch_size=6, kl_coef=0.05)
+    batch = agent.collect(ppo_env)
+    d, s = batch.data, batch.stats
+    assert s["examples"] == 6 == len(batch) and s["template_errors"] == 0 and s["nonfinite_returns"] == 0
+    assert 0.0 <= s["mean_return"] <= 1.0
+    with torch.no_grad():
+        lp = agent.policy.token_logprobs(d["enc"], temperature=0.7)
+    assert torch.allclose(d["old"], lp, atol=1e-5)  # pi_old at the agent's temperature
+    m = d["mask"]
+    mu = (d["adv"] * m).sum() / m.sum()
+    sd = (((d["adv"] - mu) ** 2) * m).sum() / m.sum()
+    assert abs(float(mu)) < 1e-5 and float(sd) == pytest.approx(1.0, abs=1e-3)  # whitened over the batch's tokens
+    assert torch.all(d["adv"][m == 0] == 0)
+    vf = 0.5 * float((d["returns"] ** 2 * m).sum() / m.sum())
+    out = agent.update(batch)
+    assert out["clipfrac"] == 0.0 and abs(out["approx_kl"]) < 1e-6 and abs(out["pg_loss"]) < 1e-5
+    assert out["vf_loss"] == pytest.approx(vf, rel=1e-4)
+    assert out["loss"] == pytest.approx(out["pg_loss"] + 0.5 * out["vf_loss"], rel=1e-4, abs=1e-6)
+    assert out["dialogues"] == 6 and out["kl_to_ref"] == d["kl"] and out["skipped_nonfinite_loss"] == 0
+    for k in (1, 2):  # an empty batch is skipped and counted
+        empty = agent.update(Batch({}, {}))
+        assert math.isnan(empty["loss"]) and empty["skipped_empty_batches"] == k
+
+
+def test_dpo_agent_ranks_each_pair_by_its_returns(tiny):
+    """DPOAgent.loss: the winner of each pair is the response with the higher return (a, then b, then b here), and
+    reward_accuracy is the share of pairs whose implicit-reward margin is > 0 (a margin of exactly 0 is not)."""
+    from agents import make_agent
+
+    agent = make_agent("dpo", policy=tiny, beta=0.5)
+    logp_a, ref_a = torch.tensor([-1.0, -3.0, -1.0]), torch.tensor([-1.5, -3.0, -1.0])
+    logp_b, ref_b = torch.tensor([-1.0, -2.0, -3.0]), torch.tensor([-1.0, -2.0, -1.0])
+    returns = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.2, 0.7]])
+    loss, info = agent.loss(logp_a, logp_b, ref_a, ref_b, returns)
+    margins = torch.tensor([0.5, 0.0, -2.0])  # winner's log-ratio minus the loser's: a, b, b
+    assert loss.item() == pytest.approx(float(-torch.nn.functional.logsigmoid(0.5 * margins).mean()))
+    assert float(info["reward_accuracy"]) == pytest.approx(1 / 3)
+
+
+def test_refuel_agent_loss_is_the_refuel_loss(tiny):
+    from agents import make_agent
+
+    agent = make_agent("refuel", policy=tiny, eta=2.0)
+    args = (torch.tensor([-1.0, -2.0]), torch.tensor([-3.0, -0.5]), torch.tensor([-1.5, -2.5]),
+            torch.tensor([-2.0, -1.0]), torch.tensor([[1.0, 0.0], [0.25, 0.75]]))
+    loss, info = agent.loss(*args)
+    assert loss.item() == pytest.approx(refuel_loss(*args, 2.0).item()) and info == {}
+
+
+@pytest.mark.parametrize("agent, options, words", [
+    ("dpo", {"beta": 0.0}, "beta must be"), ("dpo", {"beta": float("inf")}, "beta must be"),
+    ("dpo", {"beta": True}, "beta must be"), ("dpo", {"beta": "0.1"}, "beta must be"),
+    ("refuel", {"eta": float("nan")}, "eta must be"), ("refuel", {"eta": True}, "eta must be"),
+    ("refuel", {"eta": "1"}, "eta must be"), ("sft", {"speaker": "teacher"}, "speaker must be"),
+    ("refuel", {"continuations": True}, "continuations must be"), ("refuel", {"continuations": 2.0}, "continuations must be"),
+    ("refuel", {"responder": "offline"}, "responder one of"), ("refuel", {"target": "whole"}, "target one of"),
+])
+def test_agent_options_out_of_range_are_refused(agent, options, words, tiny):
+    from agents import make_agent
+
+    with pytest.raises(ValueError, match=words):
+        make_agent(agent, policy=tiny, **options)
+
+
+def test_agent_options_in_range_are_accepted(tiny):
+    from agents import make_agent
+
+    assert make_agent("dpo", policy=tiny, beta=2).config.beta == 2
+    assert make_agent("refuel", policy=tiny, eta=-1.5).config.eta == -1.5  # the negative control's eta
+    assert make_agent("refuel", policy=tiny, eta=0.0).config.eta == 0.0
+    assert make_agent("refuel", policy=tiny, continuations=3).config.continuations == 3
+    assert make_agent("sft", policy=tiny, speaker="offline").config.speaker == "offline"
