@@ -3,6 +3,8 @@
 import copy
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -337,3 +339,50 @@ def test_agent_options_in_range_are_accepted(tiny):
     assert make_agent("refuel", policy=tiny, eta=0.0).config.eta == 0.0
     assert make_agent("refuel", policy=tiny, continuations=3).config.continuations == 3
     assert make_agent("sft", policy=tiny, speaker="offline").config.speaker == "offline"
+
+
+@pytest.mark.parametrize("speaker", ["expert", "offline"])
+def test_sft_clones_its_speakers_dialogues_by_hand(speaker, tiny, ppo_env, monkeypatch):
+    """SFT (the positive control): collect rolls out the task's speaker, seeded by the agent (the same seed, the
+    same dialogues), and trains every assistant turn; the update's loss is the mean NLL over those tokens."""
+    from agents import make_agent
+    from agents.base import Batch
+    from agents.engine.rollout import RolloutEngine
+
+    seen = []
+    real = RolloutEngine.dialogues
+    monkeypatch.setattr(RolloutEngine, "dialogues", lambda self, *a, **k: seen.append(real(self, *a, **k)) or seen[-1])
+    kinds = []
+    task = ppo_env.unwrapped.machine.task if hasattr(ppo_env, "unwrapped") else ppo_env.machine.task
+    for attr in ("expert_speaker", "offline_speaker"):
+        orig = getattr(task, attr)
+        monkeypatch.setattr(task, attr, lambda seed=None, _o=orig, _a=attr: kinds.append((_a, seed)) or _o(seed=seed))
+
+    def agent():
+        return make_agent("sft", policy=Policy(copy.deepcopy(tiny.model), tiny.tokenizer), speaker=speaker, batch_size=5,
+                          seed=2, epochs=1, minibatch_size=5, temperature=0.5)
+
+    a = agent()
+    batch = a.collect(ppo_env)
+    states = seen[-1]
+    assert [k for k, _ in kinds] == [f"{speaker}_speaker"] and isinstance(kinds[0][1], int)
+    b = agent().collect(ppo_env)
+    assert [s.messages for s in seen[-1]] == [s.messages for s in states]  # seeded by the agent
+    assert batch.stats["examples"] == 5 == len(batch) and batch.stats["template_errors"] == 0
+    assert batch.stats["mean_return"] == pytest.approx(np.mean([s.scores[-1] for s in states]))
+    enc = batch.data["enc"]
+    assert torch.equal(enc.input_ids, b.data["enc"].input_ids)
+    for i, s in enumerate(states):
+        trained = tiny.tokenizer.decode(enc.input_ids[i][enc.turn_mask[i].bool()])
+        said = [m["content"] for m in s.messages if m["role"] == "assistant"]
+        assert trained == "".join(f"{t}<|im_end|>\n" for t in said)
+    with torch.no_grad():
+        lp = a.policy.token_logprobs(enc, temperature=0.5)
+    mask = enc.turn_mask[:, 1:].float()
+    nll = float(-(lp * mask).sum() / mask.sum())
+    before = [p.detach().clone() for p in a.policy.model.parameters()]
+    out = a.update(batch)
+    assert out["loss"] == pytest.approx(nll, rel=1e-5)
+    assert any(not torch.equal(p, q) for p, q in zip(before, a.policy.model.parameters()))  # a step was taken
+    for k in (1, 2):
+        assert math.isnan(a.update(Batch({}, {}))["loss"]) and a.skipped["empty_batches"] == k
