@@ -386,3 +386,35 @@ def test_sft_clones_its_speakers_dialogues_by_hand(speaker, tiny, ppo_env, monke
     assert any(not torch.equal(p, q) for p, q in zip(before, a.policy.model.parameters()))  # a step was taken
     for k in (1, 2):
         assert math.isnan(a.update(Batch({}, {}))["loss"]) and a.skipped["empty_batches"] == k
+
+
+def test_turn_masks_of_a_multi_turn_response_leave_out_the_context(tiny):
+    """dialogue_row: the mask covers the assistant turns of the response only (not an assistant turn of the context),
+    as 0/1 integers; encode_dialogues stops at the last assistant turn (a trailing user message is not encoded)."""
+    reply = [{"role": "assistant", "content": "Does it live in water?"}, {"role": "user", "content": "No."},
+             {"role": "assistant", "content": "My guess is horse."}]
+    ids, m = tiny.chat.dialogue_row(CTX, reply)
+    assert m.dtype == torch.long and set(m.unique().tolist()) == {0, 1} and len(ids) == len(m)
+    assert tiny.tokenizer.decode(ids[m.bool()]) == "Does it live in water?<|im_end|>\nMy guess is horse.<|im_end|>\n"
+    assert tiny.tokenizer.decode(ids) == tiny.tokenizer.apply_chat_template(CTX + reply, tokenize=False)
+    enc, spans = tiny.chat.encode_dialogues([CTX + reply + [{"role": "user", "content": "Correct!"}]])
+    full = tiny.tokenizer.apply_chat_template(CTX + reply, tokenize=False)
+    assert tiny.tokenizer.decode(enc.input_ids[0][enc.attention_mask[0].bool()]) == full
+    assert enc.turn_mask.dtype == torch.long and set(enc.turn_mask.unique().tolist()) == {0, 1}
+    assert len(spans[0]) == 3 and int(enc.turn_mask[0].sum()) == sum(b - a for a, b in spans[0])
+    with pytest.raises(ValueError):
+        tiny.chat.encode_turns([CTX, CTX], ["Is it big?"])  # a response for every context
+
+
+def test_a_prefix_inconsistent_template_is_refused_and_counted_once_per_refusal(tiny):
+    broken = copy.deepcopy(tiny.tokenizer)
+    broken.chat_template = ("{% for m in messages %}{% if loop.last %}<|im_start|>{{ m['role'] }}\nLAST {{ m['content'] }}"
+                            "{% else %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}{% endif %}<|im_end|>\n{% endfor %}"
+                            "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    chat = Policy(tiny.model, broken).chat
+    reply = [{"role": "assistant", "content": "Is it big?"}]
+    for k, call in enumerate([lambda: chat.dialogue_row(CTX, reply), lambda: chat.encode_dialogues([CTX + reply]),
+                              lambda: chat.encode_turns([CTX], ["Is it big?"])], start=1):
+        with pytest.raises(TemplateError):
+            call()
+        assert chat.stats["template_errors"] == k
