@@ -84,7 +84,7 @@ def tiny_reference(tiny_reference_config, reference_cache):
 # within 60 minutes on 2 cores). (test files, whether tests that load a model are kept)
 ENV_TESTS = {"test_env.py", "test_env_fast_paths.py", "test_env_properties.py", "test_vector.py", "test_bad_inputs.py",
              "test_guess_item.py", "test_multiagent.py", "test_sb3.py", "test_rows.py", "test_evaluate.py"}
-AGENT_TESTS = {"test_losses.py", "test_rows.py", "test_accumulation.py", "test_evaluate.py", "test_sampler.py",
+AGENT_TESTS = {"test_losses.py", "test_rows.py", "test_accumulation.py", "test_evaluate.py",
                "test_export.py", "test_trainer.py"}
 MUTATION_TESTS = {
     "refuel_env.core": (ENV_TESTS, False),

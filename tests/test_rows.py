@@ -342,3 +342,41 @@ def test_every_rollin_and_responder_configuration_speaks_as_declared(rollin, res
         agent, batch, spy, seen = collect_with_speakers(
             agent_name, tiny_reference, monkeypatch, {"rollin": rollin, "responder": responder, "target": target})
         check_pairs(agent, batch, spy, seen["pairs"][0], WHO[rollin], WHO[responder], target)
+
+
+def test_pair_turn_probabilities_are_the_law_of_the_draw():
+    from agents.engine.rollout import draw_pair_turns, pair_turn_probabilities
+
+    def same(got, expected):
+        assert [(H, h) for H, h, _ in got] == [(H, h) for H, h, _ in expected]
+        assert [p for _, _, p in got] == pytest.approx([p for _, _, p in expected])
+
+    rf = pair_turn_probabilities(3, "relative_future")
+    same(rf, [(1, 1, 1 / 3), (2, 1, 1 / 6), (2, 2, 1 / 6), (3, 1, 1 / 9), (3, 2, 1 / 9), (3, 3, 1 / 9)])
+    same(pair_turn_probabilities(3, "last_turn"), [(1, 1, 1 / 3), (2, 2, 1 / 3), (3, 3, 1 / 3)])
+    same(pair_turn_probabilities(3, "multi_turn"), [(1, 1, 1 / 3), (2, 1, 1 / 3), (3, 1, 1 / 3)])
+    H, h = draw_pair_turns(np.random.default_rng(0), 30000, 3, "relative_future")
+    for (a, b, p) in rf:
+        assert np.mean((H == a) & (h == b)) == pytest.approx(p, abs=0.01)
+
+
+def test_continuation_copies_share_fresh_user_and_judge_randomness_within_a_pair(env):
+    from agents.engine.rollout import RolloutEngine
+
+    eng = RolloutEngine(env)
+    roots = eng.machine.new_states([1, 2])
+    branches = [b for r in roots for b in eng.machine.branch(r, 2)]
+    out = eng.continuation_copies(branches, 3, seed=5)
+    assert len(out) == 12 and all(out[3 * j] is b for j, b in enumerate(branches))  # copy 0 is the branch itself
+
+    def draws(s):
+        return s.user_rng.random(), s.judge_rng.random()
+
+    d = [draws(s) for s in out]  # order: pair, branch, copy
+    for pair in range(2):
+        for c in (1, 2):
+            a, b = d[6 * pair + c], d[6 * pair + 3 + c]
+            assert a == b  # both branches of a pair: the same fresh randomness (common random numbers)
+            assert a[0] != a[1]  # the user's and the judge's streams differ
+    assert len({d[i] for i in (1, 2, 7, 8)}) == 4  # fresh for every copy and every pair
+    assert out[1].messages == branches[0].messages and out[1] is not branches[0]
