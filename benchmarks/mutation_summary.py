@@ -29,24 +29,33 @@ STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests"
 DETECTED = ("killed", "timeout", "segfault")
 
 
-def equivalents(path: Path) -> dict[str, str]:
-    """``- `mutant.name`: reason`` lines of the reviewed equivalents file."""
-    out = {}
+def equivalents(path: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """``- `mutant.name`: reason`` lines of the reviewed file: those under a heading ``## Equivalent ...`` are
+    equivalent programs (left out of N); those under any other heading survive for a stated reason (they count
+    as not killed)."""
+    equivalent, explained, section = {}, {}, ""
     if path.exists():
         for line in path.read_text().splitlines():
+            if line.startswith("#"):
+                section = line.lower()
             m = re.match(r"^\s*[-*]\s+`([^`]+)`\s*:\s*(.+)$", line)
             if m:
-                out[m.group(1)] = m.group(2).strip()
-    return out
+                (equivalent if "equivalent" in section else explained)[m.group(1)] = m.group(2).strip()
+    return equivalent, explained
 
 
-def diff_line(name: str, mutants: Path) -> str:
-    """The mutated line of a mutant (``mutmut show``), for the summary."""
-    try:
-        out = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=mutants.parent, capture_output=True,
-                             text=True, timeout=60).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
+def diff_line(name: str, mutants: Path, module: str = "") -> str:
+    """The mutated line of a mutant (as ``mutmut show`` gives it), for the summary."""
+    try:  # in-process: one `mutmut show` per survivor would start Python hundreds of times
+        from mutmut.mutation.diff_apply import get_diff_for_mutant
+
+        out = get_diff_for_mutant(name, path=module)
+    except Exception:  # noqa: BLE001 - another mutmut version: ask the command
+        try:
+            out = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=mutants.parent,
+                                 capture_output=True, text=True, timeout=60).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
     plus = [ln[1:].strip() for ln in out.splitlines() if ln.startswith("+") and not ln.startswith("+++")]
     return plus[0][:110] if plus else ""
 
@@ -64,7 +73,7 @@ def main(argv=None) -> int:
     if not metas:
         print(f"no mutmut results under {args.mutants}: run `make mutation` first", file=sys.stderr)
         return 2
-    reviewed = equivalents(args.equivalents)
+    reviewed, explained = equivalents(args.equivalents)
     per_module: dict[str, Counter] = {}
     survivors: list[tuple[str, str, str]] = []  # (module, mutant, status)
     for meta in metas:
@@ -77,11 +86,14 @@ def main(argv=None) -> int:
                                                                  int(kv[0].rsplit("_", 1)[1]))):
             status = STATUS.get(code, "suspicious")
             c[status] += 1
+            if status == "not checked":  # an interrupted run: counted apart, not in the score
+                continue
             if status not in DETECTED:
                 if name in reviewed:
                     c["equivalent"] += 1
                 survivors.append((module, name, status))
-    total = sum(sum(v for k, v in c.items() if k != "equivalent") for c in per_module.values())
+    unchecked = sum(c["not checked"] for c in per_module.values())
+    total = sum(sum(v for k, v in c.items() if k not in ("equivalent", "not checked")) for c in per_module.values())
     detected = sum(c[s] for c in per_module.values() for s in DETECTED)
     n_equiv = sum(c["equivalent"] for c in per_module.values())
     n = total - n_equiv
@@ -95,19 +107,30 @@ def main(argv=None) -> int:
            f"{'equivalent':>10s} {'score':>6s}"
     lines += [head, "-" * len(head)]
     for module, c in sorted(per_module.items()):
-        m = sum(v for k, v in c.items() if k != "equivalent")
+        m = sum(v for k, v in c.items() if k not in ("equivalent", "not checked"))
         det = sum(c[s] for s in DETECTED)
         denom = m - c["equivalent"]
         lines.append(f"{module:38s} {m:7d} {c['killed'] + c['segfault']:7d} {c['timeout']:7d} {c['survived']:8d} "
                      f"{c['no tests']:8d} {c['equivalent']:10d} {100 * det / max(denom, 1):5.1f}%")
+    if unchecked:
+        lines += ["", f"THE RUN WAS INTERRUPTED: {unchecked} mutants were not checked; per module: "
+                      + ", ".join(f"{mod} {c['not checked']}" for mod, c in sorted(per_module.items()) if c["not checked"])
+                      + ". The score below is over the checked mutants only."]
     lines += ["", f"raw: {detected} of {total} mutants detected ({100 * detected / max(total, 1):.1f}%); "
                   f"{n_equiv} reviewed as equivalent (benchmarks/results/mutation/equivalents.md)", ""]
-    unexplained = [s for s in survivors if s[1] not in reviewed]
-    lines.append(f"Surviving mutants ({len(survivors)}; {len(unexplained)} without a reviewed reason):")
+    unexplained = [s for s in survivors if s[1] not in reviewed and s[1] not in explained]
+    lines.append(f"Surviving mutants ({len(survivors)}: {n_equiv} equivalent, "
+                 f"{sum(s[1] in explained for s in survivors)} not equivalent but not killed by a fast test (reason "
+                 f"given; they count against the score), {len(unexplained)} not reviewed):")
     for module, name, status in survivors:
-        why = reviewed.get(name, "NOT REVIEWED: a test must kill it, or it must be listed in equivalents.md")
-        shown = "" if args.no_diff else f"\n      mutated: {diff_line(name, args.mutants)}"
-        lines.append(f"  {name} [{status}]{shown}\n      why: {why}")
+        if name in reviewed:
+            why = f"equivalent: {reviewed[name]}"
+        elif name in explained:
+            why = f"NOT KILLED: {explained[name]}"
+        else:
+            why = "NOT REVIEWED: a test must kill it, or it must be reviewed in equivalents.md"
+        shown = "" if args.no_diff else f"\n      mutated: {diff_line(name, args.mutants, module)}"
+        lines.append(f"  {name} [{status}]{shown}\n      {why}")
     lines += ["", f"mutation score: {100 * detected / max(n, 1):.1f}% (killed {detected} of {n})"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")

@@ -357,3 +357,17 @@ def test_external_user_replies_are_checked_and_errors_say_which_dialogue():
         m.validate_user_replies(one, [UserTurn("No.", end="yes")])
     with pytest.raises(ValueError, match="no user reply follows"):
         m.validate_user_replies([m.new_state(3, {"horizon": 1})], ["Yes."])
+
+
+def test_assistant_messages_up_to_the_limit_pass_and_errors_say_which_dialogue():
+    from refuel_env.core import DialogueMachine
+
+    m = DialogueMachine(max_turns=3, horizon="fixed", max_message_chars=20)
+    assert m.validate([m.new_state(0)], ["x" * 20]) == ["x" * 20]  # exactly the limit
+    with pytest.raises(ValueError) as one:
+        m.validate([m.new_state(0)], ["x" * 21])
+    assert "(dialogue" not in str(one.value)
+    with pytest.raises(ValueError, match=r"max_message_chars=20 \(dialogue 1\)"):
+        m.validate(m.new_states([0, 1]), ["Is it big?", "x" * 21])
+    with pytest.raises(ValueError, match=r"the assistant's message \(dialogue 1\) contains"):
+        m.validate(m.new_states([0, 1]), ["Is it big?", "bad \ud800"])

@@ -245,14 +245,15 @@ def test_gae_of_one_token_and_masked_mean_of_one_token():
 def test_ppo_value_loss_takes_the_clipped_error_where_it_is_larger():
     from agents.algorithms.ppo import value_loss
 
-    v = torch.tensor([[1.0, -1.0]], requires_grad=True)
-    v_old = torch.tensor([[0.0, 0.0]])
-    ret = torch.tensor([[0.9, -0.9]])
-    # clip(v) = 0.2 and -0.2: (0.2 - 0.9)^2 = 0.49 > (1 - 0.9)^2 = 0.01, both sides: the clipped error, no gradient
-    loss = value_loss(v, v_old, ret, torch.ones(1, 2), 0.2)
-    assert loss.item() == pytest.approx(0.5 * 0.49)
+    v = torch.tensor([[1.0, -1.0, 0.1]], requires_grad=True)
+    v_old = torch.tensor([[0.0, 0.0, 0.05]])
+    ret = torch.tensor([[0.9, -0.9, -0.5]])
+    # clip(v) = 0.2 and -0.2: (0.2 - 0.9)^2 = 0.49 > (1 - 0.9)^2 = 0.01, both sides: the clipped error, no gradient;
+    # the third moves by 0.05 from V_old = 0.05, inside the range: its own error (0.6^2), its own gradient
+    loss = value_loss(v, v_old, ret, torch.ones(1, 3), 0.2)
+    assert loss.item() == pytest.approx(0.5 * (0.49 + 0.49 + 0.36) / 3)
     loss.backward()
-    assert torch.all(v.grad == 0)
+    assert torch.allclose(v.grad, torch.tensor([[0.0, 0.0, 0.6 / 3]]), atol=1e-6)
 
 
 def test_ppo_update_by_hand_on_one_minibatch(tiny, ppo_env):
@@ -297,11 +298,12 @@ def test_dpo_agent_ranks_each_pair_by_its_returns(tiny):
     from agents import make_agent
 
     agent = make_agent("dpo", policy=tiny, beta=0.5)
-    logp_a, ref_a = torch.tensor([-1.0, -3.0, -1.0]), torch.tensor([-1.5, -3.0, -1.0])
-    logp_b, ref_b = torch.tensor([-1.0, -2.0, -3.0]), torch.tensor([-1.0, -2.0, -1.0])
+    # log-ratios ln pi - ln pi_ref of a: 0.3, 0.25, 3.0; of b: -0.5, 0.25, -2.0 (exact in float32: margin 0 is 0)
+    logp_a, ref_a = torch.tensor([-1.0, -3.0, -1.0]), torch.tensor([-1.3, -3.25, -4.0])
+    logp_b, ref_b = torch.tensor([-1.5, -2.0, -3.0]), torch.tensor([-1.0, -2.25, -1.0])
     returns = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.2, 0.7]])
     loss, info = agent.loss(logp_a, logp_b, ref_a, ref_b, returns)
-    margins = torch.tensor([0.5, 0.0, -2.0])  # winner's log-ratio minus the loser's: a, b, b
+    margins = torch.tensor([0.8, 0.0, -5.0])  # winner's log-ratio minus the loser's: a, b, b
     assert loss.item() == pytest.approx(float(-torch.nn.functional.logsigmoid(0.5 * margins).mean()))
     assert float(info["reward_accuracy"]) == pytest.approx(1 / 3)
 
@@ -373,6 +375,9 @@ def test_sft_clones_its_speakers_dialogues_by_hand(speaker, tiny, ppo_env, monke
     enc = batch.data["enc"]
     assert torch.equal(enc.input_ids, b.data["enc"].input_ids)
     for i, s in enumerate(states):
+        last = max(k for k, m in enumerate(s.messages) if m["role"] == "assistant")
+        assert tiny.tokenizer.decode(enc.input_ids[i][enc.attention_mask[i].bool()]) == \
+            tiny.tokenizer.apply_chat_template(s.messages[: last + 1], tokenize=False)  # the dialogue, as it was
         trained = tiny.tokenizer.decode(enc.input_ids[i][enc.turn_mask[i].bool()])
         said = [m["content"] for m in s.messages if m["role"] == "assistant"]
         assert trained == "".join(f"{t}<|im_end|>\n" for t in said)
@@ -418,3 +423,72 @@ def test_a_prefix_inconsistent_template_is_refused_and_counted_once_per_refusal(
         with pytest.raises(TemplateError):
             call()
         assert chat.stats["template_errors"] == k
+
+
+def test_ppo_value_head_goes_into_the_checkpoint_state(tiny):
+    from agents import make_agent
+
+    a, b = make_agent("ppo", policy=tiny, seed=0), make_agent("ppo", policy=tiny, seed=1)
+    with torch.no_grad():
+        a.value_head.weight.normal_()
+        a.value_head.bias.fill_(0.5)
+    state = a.extra_state()
+    assert set(state) == {"value_head"}
+    b.load_extra_state(state)
+    assert torch.equal(b.value_head.weight, a.value_head.weight) and float(b.value_head.bias) == 0.5
+
+
+@pytest.mark.parametrize("name", ["sft", "ppo", "refuel"])
+def test_an_update_whose_every_step_is_non_finite_reports_nan_and_counts_them(name, tiny, ppo_env):
+    from agents import make_agent
+
+    agent = make_agent(name, policy=Policy(copy.deepcopy(tiny.model), tiny.tokenizer), batch_size=4, seed=1,
+                       max_new_tokens=8, epochs=1, minibatch_size=2)
+    batch = agent.collect(ppo_env)
+    assert len(batch) > 0
+    with torch.no_grad():
+        for p in agent.policy.model.parameters():
+            p.fill_(float("nan"))
+    out = agent.update(batch)
+    assert math.isnan(out["loss"]) and agent.skipped["nonfinite_loss"] == -(-len(batch) // 2)
+
+
+@pytest.mark.parametrize("name", ["sft", "ppo"])
+def test_whole_dialogues_a_broken_template_refuses_are_counted_and_left_out(name, tiny, ppo_env):
+    from agents import make_agent
+
+    broken = copy.deepcopy(tiny.tokenizer)
+    broken.chat_template = ("{% for m in messages %}{% if loop.last %}<|im_start|>{{ m['role'] }}\\nLAST {{ m['content'] }}"
+                            "{% else %}<|im_start|>{{ m['role'] }}\\n{{ m['content'] }}{% endif %}<|im_end|>\\n{% endfor %}"
+                            "{% if add_generation_prompt %}<|im_start|>assistant\\n{% endif %}")
+    agent = make_agent(name, policy=Policy(copy.deepcopy(tiny.model), broken), batch_size=3, seed=0, max_new_tokens=8)
+    batch = agent.collect(ppo_env)
+    assert len(batch) == 0 and batch.data == {}
+    assert batch.stats["template_errors"] == 3 and batch.stats["examples"] == 0 and "dialogues" in batch.stats
+
+
+def test_a_template_that_re_renders_earlier_turns_later_is_refused_for_whole_dialogues(tiny):
+    """Each turn's own prefix is consistent, but the whole dialogue renders turn 1 differently (from 3 messages
+    on): the masks of multi-turn responses would be off, so they are refused and counted once."""
+    late = copy.deepcopy(tiny.tokenizer)
+    late.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\\n{% if loop.index0 == 1 and "
+                          "messages|length >= 3 %}X {% endif %}{{ m['content'] }}<|im_end|>\\n{% endfor %}"
+                          "{% if add_generation_prompt %}<|im_start|>assistant\\n{% endif %}")
+    chat = Policy(tiny.model, late).chat
+    reply = [{"role": "assistant", "content": "Is it big?"}, {"role": "user", "content": "Yes."},
+             {"role": "assistant", "content": "My guess is whale."}]
+    for k, call in enumerate([lambda: chat.dialogue_row(CTX[:1], reply),
+                              lambda: chat.encode_dialogues([CTX[:1] + reply])], start=1):
+        with pytest.raises(TemplateError, match="not a prefix of the whole dialogue"):
+            call()
+        assert chat.stats["template_errors"] == k
+
+
+def test_encoded_turns_concatenate_with_the_pad_token():
+    from agents.engine.chat import EncodedTurns
+
+    a = EncodedTurns(torch.tensor([[1, 2, 3]]), torch.ones(1, 3, dtype=torch.long), torch.tensor([[0, 1, 1]]))
+    b = EncodedTurns(torch.tensor([[4]]), torch.ones(1, 1, dtype=torch.long), torch.tensor([[1]]))
+    c = EncodedTurns.cat([a, b], pad_token_id=7)
+    assert c.input_ids.tolist() == [[1, 2, 3], [4, 7, 7]]
+    assert c.attention_mask.tolist() == [[1, 1, 1], [1, 0, 0]] and c.turn_mask.tolist() == [[0, 1, 1], [1, 0, 0]]

@@ -291,6 +291,7 @@ def check_pairs(agent, batch, spy, pairs, rollin, responder, target):
             assert responder in spy.who(ctx, response), ("response", ctx, response)
             said["response"] += 1
             said["continuation"] += spy.check(branch.messages, len(ctx) + 1, responder, "continuation")
+            assert branch.horizon == H  # the pair's drawn horizon is the dialogue's
             if target == "last_turn":
                 assert branch.turn == h  # nothing continued
             else:
@@ -366,17 +367,73 @@ def test_continuation_copies_share_fresh_user_and_judge_randomness_within_a_pair
     eng = RolloutEngine(env)
     roots = eng.machine.new_states([1, 2])
     branches = [b for r in roots for b in eng.machine.branch(r, 2)]
-    out = eng.continuation_copies(branches, 3, seed=5)
-    assert len(out) == 12 and all(out[3 * j] is b for j, b in enumerate(branches))  # copy 0 is the branch itself
+    out = eng.continuation_copies(branches, 4, seed=5)
+    assert len(out) == 16 and all(out[4 * j] is b for j, b in enumerate(branches))  # copy 0 is the branch itself
 
     def draws(s):
         return s.user_rng.random(), s.judge_rng.random()
 
     d = [draws(s) for s in out]  # order: pair, branch, copy
     for pair in range(2):
-        for c in (1, 2):
-            a, b = d[6 * pair + c], d[6 * pair + 3 + c]
+        for c in (1, 2, 3):
+            a, b = d[8 * pair + c], d[8 * pair + 4 + c]
             assert a == b  # both branches of a pair: the same fresh randomness (common random numbers)
             assert a[0] != a[1]  # the user's and the judge's streams differ
-    assert len({d[i] for i in (1, 2, 7, 8)}) == 4  # fresh for every copy and every pair
+    assert len({d[i] for i in (1, 2, 3, 9, 10, 11)}) == 6  # fresh for every copy and every pair
     assert out[1].messages == branches[0].messages and out[1] is not branches[0]
+
+
+def test_a_pair_update_by_hand_on_one_minibatch(env, tiny_reference):
+    """One epoch, one minibatch: the update's forward pass sees pi_t itself, so REFUEL's loss is the mean of
+    (eta (Q(a) - Q(a')))^2 over the pairs; an empty batch is skipped and counted."""
+    import copy
+
+    import torch
+
+    from agents.base import Batch
+    from agents.engine.policy import Policy
+
+    agent = make_agent("refuel", policy=Policy(copy.deepcopy(tiny_reference.model), tiny_reference.tokenizer),
+                       batch_size=12, seed=2, epochs=1, minibatch_size=64, eta=2.0, temperature=0.7)
+    batch = agent.collect(env)
+    n, r = len(batch), batch.data["returns"]
+    expected = float(((2.0 * (r[:, 0] - r[:, 1])) ** 2).mean())
+    assert n > 0 and expected > 0, "no pair with a return difference: the test proves nothing"
+    out = agent.update(batch)
+    assert out["loss"] == pytest.approx(expected, rel=1e-4)
+    assert out["pairs"] == n and out["skipped_nonfinite_loss"] == 0
+    for k in (1, 2):
+        empty = agent.update(Batch({}, {}))
+        assert np.isnan(empty["loss"]) and empty["pairs"] == 0 and empty["skipped_empty_batches"] == k
+    dpo = make_agent("dpo", policy=Policy(copy.deepcopy(tiny_reference.model), tiny_reference.tokenizer),
+                     rollin="current", seed=0, epochs=1, minibatch_size=64)
+    d = dict(batch.data, returns=torch.tensor([[1.0, 0.0]] * n))  # a preference for a in every pair
+    dpo_out = dpo.update(Batch(d, batch.stats))
+    assert set(dpo_out) >= {"loss", "pairs", "reward_accuracy", "skipped_nonfinite_loss"}  # the loss's own metrics too
+    assert 0.0 <= dpo_out["reward_accuracy"] <= 1.0
+
+
+def test_the_engine_counts_its_env_steps_and_refuses_contradictory_continuations(env, monkeypatch):
+    import time
+
+    from agents.engine.rollout import RolloutEngine
+    from refuel_env.tasks.guess_item_players import ScriptedQuestioner
+
+    eng = RolloutEngine(env)
+    calls = []
+    real = eng.machine.step
+    monkeypatch.setattr(eng.machine, "step", lambda states, actions, *a: calls.append(len(states)) or real(states, actions, *a))
+    speaker = ScriptedQuestioner(eng.machine.task, "informative", seed=0)
+    t0 = time.perf_counter()
+    pairs, dropped = eng.pairs(6, np.random.default_rng(0), rollin=speaker, responder=speaker, target="relative_future",
+                               params=SamplingParams())
+    assert eng.stats["env_steps"] == len(calls) > 0
+    assert 0 < eng.stats["env_seconds"] <= time.perf_counter() - t0
+    roots = 6 - dropped["ended_before_branch"]
+    assert eng.stats["dialogues"] == 6 + roots  # one continuation per branch by default: no extra copies
+    seen = []
+    eng.dialogues(2, speaker, np.random.default_rng(1), SamplingParams(), on_turn=lambda live: seen.append(list(live)))
+    assert seen and all(len(live) >= 1 and all(hasattr(s, "messages") for s in live) for live in seen)
+    for k, target in ((0, "relative_future"), (2, "last_turn"), (2, "multi_turn")):
+        with pytest.raises(ValueError, match="continuations must be"):
+            eng.pairs(2, np.random.default_rng(0), speaker, speaker, target, SamplingParams(), continuations=k)
