@@ -366,7 +366,8 @@ def test_assistant_messages_up_to_the_limit_pass_and_errors_say_which_dialogue()
     assert m.validate([m.new_state(0)], ["x" * 20]) == ["x" * 20]  # exactly the limit
     with pytest.raises(ValueError) as one:
         m.validate([m.new_state(0)], ["x" * 21])
-    assert "(dialogue" not in str(one.value)
+    assert "(dialogue" not in str(one.value) and "max_message_chars=20;" in str(one.value)
+    assert m.validate([m.new_state(0)], ["\u00e9" * 20]) == ["\u00e9" * 20]  # not ASCII: the slow path, same limit
     with pytest.raises(ValueError, match=r"max_message_chars=20 \(dialogue 1\)"):
         m.validate(m.new_states([0, 1]), ["Is it big?", "x" * 21])
     with pytest.raises(ValueError, match=r"the assistant's message \(dialogue 1\) contains"):

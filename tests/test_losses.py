@@ -409,6 +409,7 @@ def test_turn_masks_of_a_multi_turn_response_leave_out_the_context(tiny):
     assert len(spans[0]) == 3 and int(enc.turn_mask[0].sum()) == sum(b - a for a, b in spans[0])
     with pytest.raises(ValueError):
         tiny.chat.encode_turns([CTX, CTX], ["Is it big?"])  # a response for every context
+    assert tiny.chat.encode_turns([CTX], ["Is it big?"]).turn_mask.dtype == torch.long
 
 
 def test_a_prefix_inconsistent_template_is_refused_and_counted_once_per_refusal(tiny):
@@ -477,7 +478,7 @@ def test_a_template_that_re_renders_earlier_turns_later_is_refused_for_whole_dia
     chat = Policy(tiny.model, late).chat
     reply = [{"role": "assistant", "content": "Is it big?"}, {"role": "user", "content": "Yes."},
              {"role": "assistant", "content": "My guess is whale."}]
-    for k, call in enumerate([lambda: chat.dialogue_row(CTX[:1], reply),
+    for k, call in enumerate([lambda: chat.dialogue_row(CTX[:1], reply), lambda: chat.dialogue_row(CTX[:1], reply),
                               lambda: chat.encode_dialogues([CTX[:1] + reply])], start=1):
         with pytest.raises(TemplateError, match="not a prefix of the whole dialogue"):
             call()

@@ -420,17 +420,27 @@ def test_the_engine_counts_its_env_steps_and_refuses_contradictory_continuations
     from refuel_env.tasks.guess_item_players import ScriptedQuestioner
 
     eng = RolloutEngine(env)
-    calls = []
+    calls, spent = [], [0.0]
     real = eng.machine.step
-    monkeypatch.setattr(eng.machine, "step", lambda states, actions, *a: calls.append(len(states)) or real(states, actions, *a))
+
+    def step(states, actions, *a):
+        t = time.perf_counter()
+        out = real(states, actions, *a)
+        spent[0] += time.perf_counter() - t
+        calls.append(len(states))
+        return out
+
+    monkeypatch.setattr(eng.machine, "step", step)
     speaker = ScriptedQuestioner(eng.machine.task, "informative", seed=0)
     t0 = time.perf_counter()
-    pairs, dropped = eng.pairs(6, np.random.default_rng(0), rollin=speaker, responder=speaker, target="relative_future",
-                               params=SamplingParams())
-    assert eng.stats["env_steps"] == len(calls) > 0
-    assert 0 < eng.stats["env_seconds"] <= time.perf_counter() - t0
-    roots = 6 - dropped["ended_before_branch"]
-    assert eng.stats["dialogues"] == 6 + roots  # one continuation per branch by default: no extra copies
+    roots = 0
+    for seed in (0, 1):  # two batches: the counts add up
+        pairs, dropped = eng.pairs(6, np.random.default_rng(seed), rollin=speaker, responder=speaker,
+                                   target="relative_future", params=SamplingParams())
+        roots += 6 - dropped["ended_before_branch"]
+    assert eng.stats["env_steps"] == len(calls) > 2
+    assert spent[0] <= eng.stats["env_seconds"] <= time.perf_counter() - t0
+    assert eng.stats["dialogues"] == 12 + roots  # one continuation per branch by default: no extra copies
     seen = []
     eng.dialogues(2, speaker, np.random.default_rng(1), SamplingParams(), on_turn=lambda live: seen.append(list(live)))
     assert seen and all(len(live) >= 1 and all(hasattr(s, "messages") for s in live) for live in seen)
