@@ -67,6 +67,7 @@ def main(argv=None) -> int:
     ap.add_argument("--equivalents", type=Path, default=RESULTS / "equivalents.md")
     ap.add_argument("--minutes", type=float, default=None, help="wall time of the run, for the record")
     ap.add_argument("--no-diff", action="store_true", help="do not show each survivor's mutated line")
+    ap.add_argument("--note", action="append", default=[], help="a line to record under the header (how the run went)")
     args = ap.parse_args(argv)
 
     metas = sorted(args.mutants.rglob("*.py.meta"))
@@ -103,6 +104,8 @@ def main(argv=None) -> int:
     if args.minutes is not None:
         lines.append(f"wall time of the run: {args.minutes:.1f} min")
         lines.append("")
+    if args.note:
+        lines += args.note + [""]
     head = f"{'module':38s} {'mutants':>7s} {'killed':>7s} {'timeout':>7s} {'survived':>8s} {'no tests':>8s} " \
            f"{'equivalent':>10s} {'score':>6s}"
     lines += [head, "-" * len(head)]
