@@ -275,8 +275,8 @@ def test_ppo_update_by_hand_on_one_minibatch(tiny, ppo_env):
     assert 0.0 <= s["mean_return"] <= 1.0
     with torch.no_grad():
         lp = agent.policy.token_logprobs(d["enc"], temperature=0.7)
-    assert torch.allclose(d["old"], lp, atol=1e-5)  # pi_old at the agent's temperature
     m = d["mask"]
+    assert torch.allclose(d["old"] * m, lp * m, atol=1e-5)  # pi_old at the agent's temperature, on the turn tokens
     mu = (d["adv"] * m).sum() / m.sum()
     sd = (((d["adv"] - mu) ** 2) * m).sum() / m.sum()
     assert abs(float(mu)) < 1e-5 and float(sd) == pytest.approx(1.0, abs=1e-3)  # whitened over the batch's tokens

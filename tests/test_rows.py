@@ -447,3 +447,47 @@ def test_the_engine_counts_its_env_steps_and_refuses_contradictory_continuations
     for k, target in ((0, "relative_future"), (2, "last_turn"), (2, "multi_turn")):
         with pytest.raises(ValueError, match="continuations must be"):
             eng.pairs(2, np.random.default_rng(0), speaker, speaker, target, SamplingParams(), continuations=k)
+
+
+def test_pair_collect_keeps_distinct_finite_pairs_and_counts_the_rest(env, tiny_reference, monkeypatch):
+    """What collect keeps of the engine's pairs: identical responses and non-finite returns are dropped (and counted)
+    for every pair loss; ties only for preference losses (DPO). The returns stay with their pairs."""
+    import copy
+
+    from agents.engine.policy import Policy
+    from agents.engine.rollout import PairData, RolloutEngine
+
+    ctx = [{"role": "user", "content": "I am thinking of one of these animals: whale, horse. Ask me questions."}]
+    rows = [("Is it big?", "Is it small?", [1.0, 0.0]),
+            ("Is it big?", "Is it big?", [1.0, 0.0]),  # identical responses: no signal
+            ("Is it red?", "Is it blue?", [0.5, 0.5]),  # a tie: no preference
+            ("Is it wet?", "Is it dry?", [float("nan"), 1.0]),  # a non-finite return
+            ("Is it a cat?", "Is it a dog?", [0.0, 1.0])]
+    fake = PairData(contexts=[ctx] * 5, responses=[(a, b) for a, b, _ in rows],
+                    returns=np.array([q for *_, q in rows]), turns=np.ones(5, int), horizons=np.full(5, 2),
+                    drawn_turns=np.ones(5, int))
+    monkeypatch.setattr(RolloutEngine, "pairs", lambda self, *a, **k: (fake, {"ended_before_branch": 2}))
+    for name, kept in (("refuel", [0, 2, 4]), ("dpo", [0, 4])):
+        agent = make_agent(name, policy=tiny_reference, rollin="current", batch_size=5, seed=0)
+        b = agent.collect(env)
+        assert b.data["responses"] == [fake.responses[i] for i in kept], name
+        assert b.data["returns"].tolist() == [rows[i][2] for i in kept]
+        s = b.stats
+        assert s["pairs"] == s["examples"] == len(kept) and s["ended_before_branch"] == 2
+        assert s["identical_responses"] == 1 and s["nonfinite_returns"] == 1 and s["template_errors"] == 0
+        assert s["unusable_pairs"] == (1 if name == "dpo" else 0)
+    broken = copy.deepcopy(tiny_reference.tokenizer)  # renders the last message differently: every pair refused
+    broken.chat_template = ("{% for m in messages %}{% if loop.last %}<|im_start|>{{ m['role'] }}\nLAST {{ m['content'] }}"
+                            "{% else %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}{% endif %}<|im_end|>\n{% endfor %}"
+                            "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    agent = make_agent("refuel", policy=Policy(copy.deepcopy(tiny_reference.model), broken), batch_size=5, seed=0)
+    b = agent.collect(env)
+    assert len(b) == 0 and b.stats["template_errors"] == 3 and b.stats["pairs"] == 0
+
+
+def test_offline_roll_ins_are_seeded_by_the_agent(env, tiny_reference):
+    def contexts():
+        agent = make_agent("rebel", policy=tiny_reference, rollin="offline", batch_size=6, seed=8)
+        return agent.collect(env).data["contexts"]
+
+    assert contexts() == contexts()
