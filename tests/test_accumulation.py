@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -70,3 +71,56 @@ def test_cosine_schedule_with_warmup(tiny_reference):
         make_agent("refuel", policy=fresh(tiny_reference), ref_policy=fresh(tiny_reference), lr_schedule="linear")
     with pytest.raises(ValueError, match="micro_batch_size"):
         make_agent("refuel", policy=fresh(tiny_reference), ref_policy=fresh(tiny_reference), micro_batch_size=0)
+
+
+class OneProcessLaunch:
+    """A multi-process launch of ONE process: ``enabled``, so collect and update take their multi-process code path
+    (gathering every process's data, weighting each process's share, agreeing on the step), with one rank."""
+
+    def __new__(cls):
+        from agents.engine.distributed import Distributed
+
+        class _One(Distributed):
+            enabled = True
+            device = torch.device("cpu")
+
+        return _One()
+
+
+@pytest.mark.parametrize("name,options", [("refuel", {"batch_size": 12}), ("rebel", {"batch_size": 12, "rollin": "current"}),
+                                          ("ppo", {"batch_size": 6, "kl_coef": 0.2})])
+def test_the_multi_process_path_of_one_process_is_the_single_process_path(env, tiny_reference, name, options,
+                                                                         monkeypatch):
+    """Gathering, per-process weights and the agreed step, run with one process, change nothing: the same batch,
+    the same metrics and the same parameters as a plain run."""
+    from agents.engine import distributed
+
+    def run(dist):
+        if dist is not None:
+            monkeypatch.setattr(distributed, "current", lambda: dist)
+        agent = make_agent(name, policy=fresh(tiny_reference), seed=4, epochs=1, minibatch_size=4, lr=1e-2,
+                           **options)
+        monkeypatch.undo()
+        with torch.no_grad():  # a reference that differs from the policy (PPO's KL reward, DPO's anchor)
+            for p in agent.ref_policy.model.parameters():
+                p.mul_(0.97)
+        batch = agent.collect(env)
+        return batch, agent.update(batch), torch.cat([p.detach().flatten() for p in agent.policy.model.parameters()])
+
+    (b1, m1, p1), (b2, m2, p2) = run(None), run(OneProcessLaunch())
+    assert len(b1) == len(b2) > 0
+    assert b1.stats == b2.stats
+    for k, v in b1.data.items():
+        w = b2.data[k]
+        if torch.is_tensor(v):
+            assert torch.allclose(v, w, atol=1e-6), k
+        elif hasattr(v, "input_ids"):
+            assert torch.equal(v.input_ids, w.input_ids) and torch.equal(v.turn_mask, w.turn_mask), k
+        elif isinstance(v, np.ndarray):
+            assert np.array_equal(v, w), k
+        elif isinstance(v, float):
+            assert v == pytest.approx(w, rel=1e-6), k
+        else:
+            assert v == w, k
+    assert m1.keys() == m2.keys() and all(m1[k] == pytest.approx(m2[k], rel=1e-5, abs=1e-7) for k in m1)
+    assert float((p1 - p2).abs().max()) < 1e-6

@@ -330,3 +330,45 @@ def test_seeded_resets_are_reproducible():
         env.reset(seed=s)
         goals.add(env.unwrapped.get_state().goal)
     assert a == b and len(goals) >= 6 and np.all([isinstance(x, str) for x in a])
+
+
+# ---------------------------------------------------------------------------- external user replies, checked
+def test_external_user_replies_are_checked_and_errors_say_which_dialogue():
+    from refuel_env.core import DialogueMachine
+    from refuel_env.types import UserTurn
+
+    m = DialogueMachine(max_turns=3, horizon="fixed", max_message_chars=40)
+    one, two = [m.new_state(0)], m.new_states([1, 2])
+    ok = m.validate_user_replies(two, ["Yes.", None])
+    assert isinstance(ok[0], UserTurn) and ok[0].content == "Yes." and ok[1] is None
+    assert m.validate_user_replies(one, ["x" * 40])[0].content == "x" * 40  # exactly the limit is allowed
+    with pytest.raises(ValueError, match=r"41 characters .* max_message_chars=40$|max_message_chars=40"):
+        m.validate_user_replies(one, ["x" * 41])
+    with pytest.raises(TypeError, match=r"user_replies must be a list of\s+replies"):
+        m.validate_user_replies(one, "Yes.")
+    with pytest.raises(TypeError, match=r"got int \(dialogue 1\)"):
+        m.validate_user_replies(two, ["Yes.", 3])
+    with pytest.raises(TypeError) as single:
+        m.validate_user_replies(one, [3])
+    assert "(dialogue" not in str(single.value)
+    with pytest.raises(ValueError, match=r"the user's reply \(dialogue 1\) contains"):
+        m.validate_user_replies(two, ["Yes.", "bad \ud800"])
+    with pytest.raises(TypeError, match=r"the user's reply has end="):
+        m.validate_user_replies(one, [UserTurn("No.", end="yes")])
+    with pytest.raises(ValueError, match="no user reply follows"):
+        m.validate_user_replies([m.new_state(3, {"horizon": 1})], ["Yes."])
+
+
+def test_assistant_messages_up_to_the_limit_pass_and_errors_say_which_dialogue():
+    from refuel_env.core import DialogueMachine
+
+    m = DialogueMachine(max_turns=3, horizon="fixed", max_message_chars=20)
+    assert m.validate([m.new_state(0)], ["x" * 20]) == ["x" * 20]  # exactly the limit
+    with pytest.raises(ValueError) as one:
+        m.validate([m.new_state(0)], ["x" * 21])
+    assert "(dialogue" not in str(one.value) and "max_message_chars=20;" in str(one.value)
+    assert m.validate([m.new_state(0)], ["\u00e9" * 20]) == ["\u00e9" * 20]  # not ASCII: the slow path, same limit
+    with pytest.raises(ValueError, match=r"max_message_chars=20 \(dialogue 1\)"):
+        m.validate(m.new_states([0, 1]), ["Is it big?", "x" * 21])
+    with pytest.raises(ValueError, match=r"the assistant's message \(dialogue 1\) contains"):
+        m.validate(m.new_states([0, 1]), ["Is it big?", "bad \ud800"])

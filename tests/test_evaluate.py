@@ -12,6 +12,7 @@ from refuel_env import SamplingParams
 from agents.harness.evaluate import (Evaluator, bootstrap_ci, evaluate, hierarchical_bootstrap_ci, rollout, score_at_turn,
                              state_at_turn)
 from refuel_env.tasks.guess_item_players import ScriptedQuestioner
+from refuel_env.core import DialogueMachine
 
 
 @pytest.fixture
@@ -115,3 +116,59 @@ def test_bootstrap_ci():
     glo, ghi = hierarchical_bootstrap_ci(groups, seed=2)
     assert glo < np.mean([g.mean() for g in groups]) < ghi
     assert ghi - glo > 0.3
+
+
+# ------------------------------------------------------------------------------------------ ties
+def _fake_rollouts(values_per_turn):
+    """Rollouts of dialogues whose judge value after turn h is values_per_turn[i][h-1] (held in the state)."""
+    from types import SimpleNamespace
+
+    from agents.harness.evaluate import Rollouts
+
+    finals, snaps = [], []
+    for i, vals in enumerate(values_per_turn):
+        states = [SimpleNamespace(goal=f"g{i}", messages=[{"role": "user", "content": f"open {i}"}], value=v)
+                  for v in vals]
+        finals.append(states[-1])
+        snaps.append(states)
+    return Rollouts(finals, snaps, 0, 0.0, 0, 1.0)
+
+
+class _ScoreOnly:
+    """A judge with score() and no compare(): the evaluation compares its scores."""
+
+    def score(self, states):
+        from types import SimpleNamespace
+
+        return [SimpleNamespace(value=s.value) for s in states]
+
+
+class _Compares(_ScoreOnly):
+    def compare(self, a, b):
+        return [0.5 if x.value == y.value else 0.25 for x, y in zip(a, b)]
+
+
+def test_ties_count_one_half_on_every_comparison_path():
+    from agents.harness.evaluate import compare_at_turns
+
+    a = _fake_rollouts([[1.0, 0.2], [0.5, 0.5], [0.0, 0.9], [0.3, 0.3]])
+    b = _fake_rollouts([[1.0, 0.1], [0.7, 0.5], [0.0, 1.0], [0.1, 0.4]])
+    # judges with score() only: win 1, tie 1/2, loss 0, per dialogue and turn
+    out = compare_at_turns(_ScoreOnly(), a, b, 2)
+    assert out.tolist() == [[0.5, 1.0], [0.0, 0.5], [0.5, 0.0], [1.0, 0.0]]
+    # judges with compare(): their probabilities as they are (no re-scoring)
+    assert compare_at_turns(_Compares(), a, b, 2).tolist() == [[0.5, 0.25], [0.25, 0.5], [0.5, 0.25], [0.25, 0.25]]
+    # the task's rule judge: identical dialogues tie at every turn
+    m = DialogueMachine(max_turns=2, horizon="fixed")
+    s, t = m.new_state(0), m.new_state(0)
+    assert m.judge.compare([s], [t]) == [0.5]
+    m.step([s, t], ["Is it a mammal?", "Is it a mammal?"])
+    assert m.judge.compare([s], [t]) == [0.5]
+    # the reward model judge (hard mode): equal rewards tie
+    from refuel_env.judges.reward_model import RewardModelJudge
+
+    rm = RewardModelJudge.__new__(RewardModelJudge)
+    rm.compare_mode = "hard"
+    rm.rewards = lambda states: (np.array([x.value for x in states]), [0] * len(states))
+    sa, sb = a.finals, b.finals  # values 0.2, 0.5, 0.9, 0.3 against 0.1, 0.5, 1.0, 0.4
+    assert rm.compare(sa, sb) == [1.0, 0.5, 0.0, 0.0]

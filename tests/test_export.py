@@ -64,3 +64,21 @@ def test_dpo_trainer_takes_a_step_on_an_export(agent, tmp_path):
     out = trainer.train()
     assert out.global_step == 1 and math.isfinite(out.training_loss)
     assert any(not torch.equal(v, before[k]) for k, v in model.state_dict().items()), "the step changed nothing"
+
+
+def test_an_export_ranks_each_pair_by_its_returns_and_counts_what_it_left_out(agent):
+    some = agent.preference_dataset(batch_of([[0.9, 0.1], [0.3, 0.3], [0.2, 0.6]]))
+    assert [r["chosen"][0]["content"] for r in some] == ["Is it big 0?", "My guess is cat 2."]
+    assert [r["rejected"][0]["content"] for r in some] == ["My guess is cat 0.", "Is it big 2?"]
+    assert [x for r in some for x in (r["score_chosen"], r["score_rejected"])] == pytest.approx([0.9, 0.1, 0.6, 0.2])
+    assert some.info.description.startswith("2 preference pairs of 3 collected by 'refuel'; 1 ties")
+    # a batch without pairs (collect found none): an empty export of the same schema
+    none = agent.preference_dataset(Batch({"pairs": None}, {}))
+    assert len(none) == 0 and none.features == preference_features()
+    assert none.info.description.startswith("0 preference pairs of 0")
+    # multi-turn responses (DPO-MT): the messages as they are
+    turns = [{"role": "assistant", "content": "Is it big?"}, {"role": "user", "content": "Yes."},
+             {"role": "assistant", "content": "My guess is whale."}]
+    mt = agent.preference_dataset(Batch({"contexts": [CTX], "responses": [(turns, turns[:1])],
+                                         "returns": torch.tensor([[1.0, 0.0]])}, {}))
+    assert mt[0]["chosen"] == turns and mt[0]["rejected"] == turns[:1]
