@@ -6,10 +6,12 @@ interval; a disagreement where one run separates and the other does not is a "we
 detection limit), a flip of sign is a contradiction.
 
     .venv/bin/python benchmarks/compare_runs.py runs/comparison runs/comparison-threads1
+    .venv/bin/python benchmarks/compare_runs.py benchmarks/results/comparison runs/comparison   # against the record
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import sys
 from pathlib import Path
@@ -21,7 +23,8 @@ def sign(ci, null: float) -> str:
 
 
 def conclusions(path: Path) -> dict:
-    d = json.loads((path / "results.json").read_text())
+    plain = path / "results.json"  # a run's output, or a recorded one (benchmarks/results/*: gzipped)
+    d = json.loads(plain.read_text() if plain.exists() else gzip.decompress((path / "results.json.gz").read_bytes()))
     out = {}
     for row in d["rows"]:
         if row["label"] != "pi_0" and row.get("win_ci"):
