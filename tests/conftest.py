@@ -82,7 +82,8 @@ def tiny_reference(tiny_reference_config, reference_cache):
 # mutmut runs, for each mutant, the selected tests that call the mutated function; the env core is called by
 # nearly every test, so each mutated module runs only the tests of its own layer (issue #13: `make mutation`
 # within 60 minutes on 2 cores). (test files, whether tests that load a model are kept)
-ENV_TESTS = {"test_env.py", "test_env_contract.py", "test_env_fast_paths.py", "test_env_properties.py", "test_vector.py", "test_bad_inputs.py",
+ENV_TESTS = {"test_env.py", "test_env_contract.py", "test_env_fast_paths.py", "test_env_properties.py", "test_vector.py",
+             "test_bad_inputs.py",
              "test_guess_item.py", "test_multiagent.py", "test_sb3.py", "test_rows.py", "test_evaluate.py"}
 AGENT_TESTS = {"test_losses.py", "test_rows.py", "test_accumulation.py", "test_evaluate.py",
                "test_export.py", "test_trainer.py"}
