@@ -100,3 +100,80 @@ def test_machine_of_finds_the_machine_behind_every_view_and_refuses_the_rest():
     for other in (object(), None, 3):
         with pytest.raises(TypeError, match="is not a refuel_env environment"):
             machine_of(other)
+
+
+def test_a_registered_judge_gets_its_kwargs_too():
+    seen = {}
+
+    class Strict:
+        def __init__(self, task, **kwargs):
+            seen.update(kwargs)
+
+        def score(self, states):
+            return []
+
+    JUDGES.register("test-contract-strict")(Strict)
+    try:
+        DialogueMachine(judge="test-contract-strict", judge_kwargs={"level": 2})
+    finally:
+        JUDGES._entries.pop("test-contract-strict")
+    assert seen == {"level": 2}
+
+
+def test_a_task_object_with_a_bad_horizon_is_refused_by_name():
+    class Task:
+        task_id = "t"
+
+        def __init__(self, max_turns):
+            self.max_turns = max_turns
+
+    assert DialogueMachine(task=Task(MAX_TURNS), user=GuessItemUser, judge=GuessItemJudge).max_turns == MAX_TURNS
+    for bad in (0, MAX_TURNS + 1):
+        with pytest.raises(ValueError, match=rf"^the task's max_turns must be an int in 1\.\.{MAX_TURNS}, got {bad}$"):
+            DialogueMachine(task=Task(bad))
+
+
+def test_reward_mode_and_message_limit_refusals_name_the_key():
+    with pytest.raises(ValueError, match="^reward_mode must be one of 'terminal', 'per_turn', got 'dense'$"):
+        DialogueMachine(reward_mode="dense")
+    with pytest.raises(ValueError, match=rf"^max_message_chars must be an int in 1\.\.{MAX_CHARS}, got"):
+        DialogueMachine(max_message_chars=MAX_CHARS + 1, max_total_chars=MAX_CHARS)
+
+
+def test_stats_start_at_zero_and_add_up_every_call():
+    import time
+
+    m = DialogueMachine(max_turns=3, horizon=3)
+    assert m.stats == {"user_calls": 0, "judge_calls": 0, "user_seconds": 0.0, "judge_seconds": 0.0, "steps": 0}
+    slow, user = [0.05], m.user
+
+    class Slow:
+        def reply(self, states):
+            time.sleep(slow.pop() if slow else 0.0)
+            return user.reply(states)
+
+    m.user = Slow()
+    states = m.new_states([0])
+    m.step(states, ["Is it a mammal?"])
+    m.step(states, ["Is it a bird?"])
+    assert m.stats["user_calls"] == 2 and m.stats["user_seconds"] >= 0.05  # summed, not the last call's
+
+
+def test_a_failing_component_is_named_in_the_error():
+    m = DialogueMachine(max_turns=3, horizon=3)
+
+    class Broken:
+        def reply(self, states):
+            raise RuntimeError("socket closed")
+
+    m.user = Broken()
+    with pytest.raises(Exception, match=r"^user Broken failed: RuntimeError\('socket closed'\)"):
+        m.step(m.new_states([0]), ["Is it a mammal?"])
+
+
+def test_branch_copies_k_states_two_by_default():
+    m = DialogueMachine()
+    state = m.new_states([0])[0]
+    assert len(m.branch(state)) == 2 and len(m.branch(state, 3)) == 3 and m.branch(state, 0) == []
+    with pytest.raises(ValueError, match=r"^k must be an int >= 0, got -1$"):
+        m.branch(state, -1)
