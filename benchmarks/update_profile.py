@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from update_speed import TRL_SETTINGS, fresh_policy, load_reference, time_trl  # noqa: E402
+from update_speed import TRL_SETTINGS, add_workload_args, collect_pairs, fresh_policy, time_trl  # noqa: E402
 
 CLOCK = [time.process_time]  # --wall: time.perf_counter
 PIECES = ("decoder", "scoring", "backward", "optimiser", "data prep and loss")
@@ -108,13 +108,7 @@ def trl_settings() -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reference", choices=["tiny", "default"], default="default")
-    ap.add_argument("--pairs", type=int, default=256, help="pairs collected (before ties are dropped)")
-    ap.add_argument("--minibatch", type=int, default=8, help="pairs per optimiser step")
-    ap.add_argument("--lr", type=float, default=1e-4)
-    ap.add_argument("--collect-temperature", type=float, default=2.0,
-                    help="sampling temperature of the collection only (the shipped pi_0 is nearly deterministic: at 1.0 "
-                         "almost every pair is two identical responses or a tie)")
+    add_workload_args(ap)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--wall", action="store_true", help="wall-clock time instead of process CPU time")
     ap.add_argument("--repeats", type=int, default=3, help="profiled updates per agent per round (after a warm-up)")
@@ -127,25 +121,14 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="trl")
 
-    import gymnasium as gym
     from transformers.utils import logging as hf_logging
 
-    import refuel_env  # noqa: F401
     from agents.base import make_agent
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-    env = gym.make_vec("RefuelDialogue-v0", num_envs=1)
-    pi0 = load_reference(args.reference)
-    pi0.model.requires_grad_(False)
-    collector = make_agent("dpo", policy=fresh_policy(pi0, "collector"), ref_policy=pi0, batch_size=args.pairs,
-                           seed=0, temperature=args.collect_temperature)  # DPO's default: pi_0's dialogues, last-turn pairs
-    t0 = time.perf_counter()
-    batch = collector.collect(env)
-    collect_s = time.perf_counter() - t0
+    _, pi0, collector, batch, collect_s = collect_pairs(args)
     n = len(batch)
-    if n < args.minibatch:
-        raise SystemExit(f"only {n} pairs without ties; raise --pairs")
     dataset = collector.preference_dataset(batch)
     steps = max(4, 2 * math.ceil(n / args.minibatch))
     names = [a for a in args.agents.split(",") if a]

@@ -119,8 +119,8 @@ def time_trl(pi0, dataset, minibatch, lr, steps, clock=time.perf_counter, **over
     return statistics.median(times), len(times)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_workload_args(ap) -> None:
+    """The update benchmarks' shared workload options (this script and update_profile.py)."""
     ap.add_argument("--reference", choices=["tiny", "default"], default="default",
                     help="pi_0: the library default (cached; built on first use) or a tiny one")
     ap.add_argument("--pairs", type=int, default=256, help="pairs collected (before ties are dropped)")
@@ -129,6 +129,32 @@ def main() -> None:
     ap.add_argument("--collect-temperature", type=float, default=2.0,
                     help="sampling temperature of the collection only (the shipped pi_0 is nearly deterministic: at 1.0 "
                          "almost every pair is two identical responses or a tie)")
+
+
+def collect_pairs(args):
+    """One batch of pairs on pi_0's dialogues, the same for every learner (DPO's collection drops ties):
+    (env, pi_0, the collector, the batch, collection wall seconds)."""
+    import gymnasium as gym
+
+    import refuel_env  # noqa: F401
+    from agents.base import make_agent
+
+    env = gym.make_vec("RefuelDialogue-v0", num_envs=1)
+    pi0 = load_reference(args.reference)
+    pi0.model.requires_grad_(False)
+    collector = make_agent("dpo", policy=fresh_policy(pi0, "collector"), ref_policy=pi0, batch_size=args.pairs,
+                           seed=0, temperature=args.collect_temperature)  # DPO's default: pi_0's dialogues, last-turn pairs
+    t0 = time.perf_counter()
+    batch = collector.collect(env)
+    seconds = time.perf_counter() - t0
+    if len(batch) < args.minibatch:
+        raise SystemExit(f"only {len(batch)} pairs without ties; raise --pairs")
+    return env, pi0, collector, batch, seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_workload_args(ap)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3, help="timed updates per agent (after one warm-up)")
     ap.add_argument("--agents", default="refuel,rebel,dpo,ppo")
@@ -136,23 +162,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' renamed-argument notices inside TRL
 
-    import gymnasium as gym
-
-    import refuel_env  # noqa: F401
-    from agents.base import make_agent
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    env = gym.make_vec("RefuelDialogue-v0", num_envs=1)
-    pi0 = load_reference(args.reference)
-    pi0.model.requires_grad_(False)
-    # one batch of pairs on pi_0's dialogues; DPO's collection drops ties, so every learner sees the same pairs
-    collector = make_agent("dpo", policy=fresh_policy(pi0, "collector"), ref_policy=pi0, batch_size=args.pairs,
-                           seed=0, temperature=args.collect_temperature)  # DPO's default: pi_0's dialogues, last-turn pairs
-    batch = collector.collect(env)
+    env, pi0, collector, batch, _ = collect_pairs(args)
     n = len(batch)
-    if n < args.minibatch:
-        raise SystemExit(f"only {n} pairs without ties; raise --pairs")
     names = [a for a in args.agents.split(",") if a]
     print(f"{n} pairs (of {args.pairs}; ties dropped), minibatch {args.minibatch} pairs, torch threads {args.threads}, "
           f"model {sum(p.numel() for p in pi0.model.parameters()) / 1e6:.2f}M parameters", flush=True)
