@@ -9,6 +9,8 @@
   caches a float32 safetensors copy (``save_pretrained`` through a plain ``LlamaForCausalLM``) under
   ``$REFUEL_ENV_CACHE`` (default ``~/.cache/refuel_env``), so that later loads take a second or two.
   :func:`resolve_model` gives that directory for the name ``"smollm2"`` (``policy.model = "smollm2"``).
+- :func:`frozen_model` loads read-only weights once per process: a simulated user, a judge and a frozen
+  reference policy on the same checkpoint share one copy.
 
 torch and transformers are imported inside the functions.
 """
@@ -19,6 +21,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -190,18 +193,76 @@ def resolve_model(name_or_path: str) -> str:
     return name_or_path
 
 
-def load_smollm2(dtype: Any = None, cache: Path | str | None = None) -> tuple[Any, Any]:
+_FROZEN: "weakref.WeakValueDictionary[tuple, Any]" = weakref.WeakValueDictionary()
+
+
+def _checkpoint_dtype(path: Path, dtype: Any) -> Any:
+    """The torch dtype that loading ``path`` with ``dtype`` gives: ``dtype`` itself (a torch dtype or its name), or
+    for None and ``"auto"`` the dtype the checkpoint's config.json records (float32 if none)."""
+    import json
+
+    import torch
+
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in (None, "auto"):
+        found = getattr(torch, str(dtype).replace("torch.", ""), None)
+        if not isinstance(found, torch.dtype):
+            raise ValueError(f"unknown dtype {dtype!r}: use a torch dtype or its name (\"float32\", \"bfloat16\", ...)")
+        return found
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        cfg = {}
+    name = cfg.get("dtype") or cfg.get("torch_dtype") or "float32"
+    found = getattr(torch, str(name), None)
+    return found if isinstance(found, torch.dtype) else torch.float32
+
+
+def frozen_model(path: str | Path, dtype: Any = None, device: Any = None, trust_remote_code: bool = False) -> Any:
+    """A read-only causal LM from a local ``save_pretrained`` directory: eval mode, no parameter requires a
+    gradient, and ONE object per (directory, dtype, device) in this process while anybody holds it. A simulated
+    user, a judge and a frozen reference policy (pi_0) on the same weights thus keep one copy in memory.
+
+    Never train or modify what this returns (load a separate copy for a policy you train: ``from_pretrained``).
+    ``dtype``: a torch dtype or its name; None or ``"auto"``: the checkpoint's. ``device``: where to put it
+    (None: the CPU).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    real = Path(path).resolve()
+    if not (real / "config.json").is_file():
+        raise ValueError(f"{path} is not a model directory (no config.json): frozen_model loads local checkpoints")
+    dt = _checkpoint_dtype(real, dtype)
+    dev = torch.device(device if device is not None else "cpu")
+    key = (str(real), str(dt), str(dev), bool(trust_remote_code))
+    model = _FROZEN.get(key)
+    if model is None:
+        model = AutoModelForCausalLM.from_pretrained(str(real), dtype=dt, trust_remote_code=trust_remote_code,
+                                                     use_safetensors=True)
+        model.to(dev)
+        model.requires_grad_(False)
+        model.eval()
+        _FROZEN[key] = model
+    return model
+
+
+def load_smollm2(dtype: Any = None, cache: Path | str | None = None, frozen: bool = False) -> tuple[Any, Any]:
     """SmolLM2-135M-Instruct ``(model, tokenizer)``, offline, in eval mode.
 
     The first call converts the GGUF file (about 30 s on a CPU) and saves a safetensors copy in
     ``cache`` (default ``cache_dir() / "SmolLM2-135M-Instruct"``); later calls load that copy (a
     second or two). Every call returns a new model object, so training one copy (as a policy) never
-    changes another (a simulated user or judge). ``dtype`` defaults to float32.
+    changes another (a simulated user or judge); with ``frozen=True``, the process's read-only copy
+    (:func:`frozen_model`). ``dtype`` defaults to float32.
     """
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     path = convert_smollm2(Path(cache) if cache is not None else None)
+    if frozen:
+        return frozen_model(path, dtype=dtype or torch.float32), AutoTokenizer.from_pretrained(str(path))
     model = LlamaForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32)
     model.eval()
     return model, AutoTokenizer.from_pretrained(str(path))

@@ -179,6 +179,38 @@ def test_from_pretrained_loads_a_saved_checkpoint(tiny, tmp_path):
         TransformersBackend.from_pretrained(str(tmp_path / "missing"))
 
 
+def test_shared_backends_and_a_frozen_policy_hold_one_read_only_copy_of_the_weights(tiny, tmp_path):
+    import gc
+
+    from agents.engine.policy import Policy
+    from refuel_env.backends import clear_shared_backends, make_backend
+
+    model, tok = tiny
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    clear_shared_backends()
+    user = make_backend(str(tmp_path), shared=True)
+    judge = make_backend(str(tmp_path), shared=True, batch_size=8)  # another back end, the same weights
+    pi0 = Policy.from_pretrained(str(tmp_path), frozen=True, name="pi_0")
+    assert user is not judge and user.model is judge.model is pi0.model
+    assert not pi0.model.training and not any(p.requires_grad for p in pi0.model.parameters())
+    # what a policy trains is its own copy, and so is an unshared back end's
+    policy = Policy.from_pretrained(str(tmp_path), name="policy")
+    assert policy.model is not pi0.model and all(p.requires_grad for p in policy.model.parameters())
+    assert make_backend(str(tmp_path)).model is not user.model
+    # another dtype is another copy; and the copy is freed with its last holder
+    assert Policy.from_pretrained(str(tmp_path), frozen=True, dtype="bfloat16").model is not pi0.model
+    p = SamplingParams(max_new_tokens=6, temperature=0.9)
+    assert user.generate([conv("hi")], p, seeds=[4]) == TransformersBackend(model, tok).generate([conv("hi")], p, seeds=[4])
+    from refuel_env import models
+
+    n = len(models._FROZEN)
+    del user, judge, pi0
+    clear_shared_backends()
+    gc.collect()
+    assert len(models._FROZEN) < n
+
+
 def test_registry_builds_the_transformers_backend(tiny):
     b = BACKENDS.make("transformers", model=tiny[0], tokenizer=tiny[1], batch_size=4)
     assert isinstance(b, TransformersBackend) and b.batch_size == 4

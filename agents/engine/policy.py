@@ -65,7 +65,8 @@ class Policy:
     @classmethod
     def from_pretrained(cls, path: str, trust_remote_code: bool = False, dtype: Any = None, device: Any = None,
                         lora: dict | None = None, base_model: str | None = None, gradient_checkpointing: bool = False,
-                        trainable: bool = True, lora_seed: int | None = 0, **kwargs) -> "Policy":
+                        trainable: bool = True, lora_seed: int | None = 0, frozen: bool = False,
+                        **kwargs) -> "Policy":
         """A policy from a Hugging Face model directory (or hub id), or from a LoRA checkpoint directory
         (``adapter_config.json``: the base is loaded from ``base_model``, else from the base the adapters name).
 
@@ -75,6 +76,9 @@ class Policy:
             lora: add fresh LoRA adapters with these options (see :func:`lora_config`), drawn with ``lora_seed``.
             gradient_checkpointing: recompute activations in the backward pass (less memory, ~30% more time).
             trainable: for a LoRA checkpoint, whether its adapters are trainable.
+            frozen: a read-only policy (a frozen pi_0) on the process's shared copy of the weights
+                (:func:`refuel_env.models.frozen_model`): the same object as a simulated user's or judge's on
+                the same checkpoint, dtype and device. Never train it.
         """
         path = str(path)
         adapter = Path(path) / "adapter_config.json"
@@ -94,6 +98,14 @@ class Policy:
                 policy.model = PeftModel.from_pretrained(policy.model, path, is_trainable=trainable)
             return policy
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        if frozen and lora in (None, False) and Path(path).is_dir():
+            from refuel_env.models import frozen_model
+
+            if device == "auto":
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            model = frozen_model(path, dtype=None if dtype in (None, "auto") else torch_dtype(dtype), device=device,
+                                 trust_remote_code=trust_remote_code)
+            return cls(model, tok, name=kwargs.pop("name", str(path)), **kwargs)
         extra = {} if dtype is None else {"dtype": torch_dtype(dtype)}
         model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code, use_safetensors=True,
                                                      **extra)

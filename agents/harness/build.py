@@ -44,9 +44,12 @@ def sampling(cfg: ExperimentConfig) -> SamplingParams:
     return SamplingParams(max_new_tokens=int(o.get("max_new_tokens", 24)), temperature=float(o.get("temperature", 1.0)))
 
 
-def load_policy(pol: PolicyConfig, env: EnvConfig, name: str = "pi_0", log=logger.info, lora: bool = True, seed: int = 0):
+def load_policy(pol: PolicyConfig, env: EnvConfig, name: str = "pi_0", log=logger.info, lora: bool = True, seed: int = 0,
+                frozen: bool = False):
     """A fresh, trainable copy of pi_0 (built and cached on first use); with LoRA adapters when ``pol.lora`` is
-    set and ``lora`` is True (their random init drawn with ``seed``)."""
+    set and ``lora`` is True (their random init drawn with ``seed``). ``frozen``: a read-only pi_0 of a model
+    directory is the process's shared copy of its weights (also the env's user's and judge's, when they run the
+    same checkpoint: :func:`refuel_env.models.frozen_model`)."""
     from ..engine.policy import Policy
     from ..engine.reference import reference_policy
 
@@ -58,7 +61,9 @@ def load_policy(pol: PolicyConfig, env: EnvConfig, name: str = "pi_0", log=logge
     if pol.model:
         from refuel_env.models import resolve_model
 
-        return Policy.from_pretrained(resolve_model(pol.model), name=name, **opts)
+        if frozen:
+            opts.pop("gradient_checkpointing", None)  # nothing to recompute: a frozen pi_0 takes no gradient
+        return Policy.from_pretrained(resolve_model(pol.model), name=name, frozen=frozen, **opts)
     if env.task != "guess-item-v0":
         raise ValueError(f"the built-in pi_0 is for guess-item-v0; for task {env.task!r} set policy.model to a "
                          "Hugging Face model directory (or \"smollm2\")")
@@ -75,7 +80,7 @@ def load_policy(pol: PolicyConfig, env: EnvConfig, name: str = "pi_0", log=logge
 
 def load_reference(pol: PolicyConfig, env: EnvConfig, log=logger.info):
     """pi_0, frozen (requires no gradients, eval mode)."""
-    ref = load_policy(pol, env, name="pi_0", log=log, lora=False)
+    ref = load_policy(pol, env, name="pi_0", log=log, lora=False, frozen=True)
     ref.model.requires_grad_(False)
     ref.model.eval()
     return ref

@@ -29,7 +29,9 @@ def make_backend(spec: Any, backend: str = "transformers", shared: bool = False,
     (``transformers``/``vllm``), or the served model's name (``openai``; pass ``base_url=`` too).
     ``shared=True`` returns one instance per (back end, model, arguments) in this process, so that a
     simulated user and a judge on the same model load it once; such a shared model must stay
-    read-only (load a separate copy for a policy you train).
+    read-only (load a separate copy for a policy you train). A shared ``transformers`` back end loads a local
+    checkpoint through :func:`refuel_env.models.frozen_model`, so a frozen reference policy on the same weights
+    (``Policy.from_pretrained(..., frozen=True)``) is the same copy too.
     """
     if spec is None:
         raise ValueError("no model given: pass a back-end object or a model name (e.g. 'smollm2')")
@@ -40,7 +42,9 @@ def make_backend(spec: Any, backend: str = "transformers", shared: bool = False,
     key = (backend, spec, repr(sorted(kwargs.items())))
     if shared and key in _SHARED:
         return _SHARED[key]
-    out = BACKENDS.make(backend, model=spec, **kwargs)
+    # a shared transformers back end only reads its weights: it takes the process's read-only copy of them
+    extra = {"frozen": True} if shared and backend == "transformers" and "frozen" not in kwargs else {}
+    out = BACKENDS.make(backend, model=spec, **kwargs, **extra)
     if shared:
         _SHARED[key] = out
     return out

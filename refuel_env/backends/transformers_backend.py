@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import os
 import time
 from collections import OrderedDict
 from typing import Any, Sequence
@@ -154,23 +155,32 @@ class TransformersBackend(BackendBase):
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_pretrained(cls, name_or_path: str, trust_remote_code: bool = False, dtype: Any = "auto",
-                        gguf_file: str | None = None, device: Any = None, **kwargs: Any) -> "TransformersBackend":
+                        gguf_file: str | None = None, device: Any = None, frozen: bool = False,
+                        **kwargs: Any) -> "TransformersBackend":
         """Load a model and tokenizer with ``transformers`` (``"smollm2"``: the offline SmolLM2-135M-Instruct).
 
         Keyword arguments other than the loader's go to the back end (``batch_size``, ``truncate_prompt``, ...).
         ``trust_remote_code`` runs code from the model repository: pass ``True`` only for a model you trust.
+        ``frozen=True`` (what ``make_backend(..., shared=True)`` asks for): the weights of a local directory are the
+        process's read-only copy (:func:`refuel_env.models.frozen_model`), shared with a frozen reference policy
+        on the same checkpoint.
         """
         if name_or_path == "smollm2":
             from ..models import load_smollm2
 
-            model, tok = load_smollm2(dtype=None if dtype == "auto" else dtype)
+            model, tok = load_smollm2(dtype=None if dtype == "auto" else dtype, frozen=frozen)
             return cls(model, tok, device=device, model_id=kwargs.pop("model_id", "SmolLM2-135M-Instruct"), **kwargs)
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         try:
             tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, gguf_file=gguf_file)
-            model = AutoModelForCausalLM.from_pretrained(name_or_path, trust_remote_code=trust_remote_code,
-                                                         dtype=dtype, gguf_file=gguf_file)
+            if frozen and gguf_file is None and os.path.isdir(name_or_path):
+                from ..models import frozen_model
+
+                model = frozen_model(name_or_path, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+            else:
+                model = AutoModelForCausalLM.from_pretrained(name_or_path, trust_remote_code=trust_remote_code,
+                                                             dtype=dtype, gguf_file=gguf_file)
         except OSError as e:
             raise OSError(f"could not load {name_or_path!r} with transformers: {e}. Pass a local directory (a "
                           "save_pretrained checkpoint), or a hub id with network access and the hub cache; "
@@ -358,5 +368,5 @@ def _make_transformers(model: Any = None, tokenizer: Any = None, name_or_path: s
     if not name:
         raise ValueError("the transformers back end needs model=<model object> and tokenizer=..., or "
                          "name_or_path=<directory, hub id, or 'smollm2'>")
-    loader = {k: kwargs.pop(k) for k in ("trust_remote_code", "dtype", "gguf_file") if k in kwargs}
+    loader = {k: kwargs.pop(k) for k in ("trust_remote_code", "dtype", "gguf_file", "frozen") if k in kwargs}
     return TransformersBackend.from_pretrained(name, **loader, **kwargs)
