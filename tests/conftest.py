@@ -86,11 +86,11 @@ ENV_TESTS = {"test_env.py", "test_env_contract.py", "test_env_fast_paths.py", "t
              "test_bad_inputs.py",
              "test_guess_item.py", "test_multiagent.py", "test_sb3.py", "test_rows.py", "test_evaluate.py"}
 AGENT_TESTS = {"test_losses.py", "test_rows.py", "test_accumulation.py", "test_evaluate.py",
-               "test_export.py", "test_trainer.py", "test_device.py"}
+               "test_export.py", "test_trainer.py", "test_device.py", "test_engine_contract.py"}
 MUTATION_TESTS = {
     "refuel_env.core": (ENV_TESTS, False),
     "agents.engine.chat": ({"test_losses.py", "test_rows.py", "test_open_chat.py", "test_accumulation.py",
-                            "test_export.py"}, True),
+                            "test_export.py", "test_engine_contract.py"}, True),
     "*": (AGENT_TESTS, True),  # the algorithms and the rollout engine
 }
 MODEL_FIXTURES = {"tiny_reference", "tiny_reference_config", "tiny"}

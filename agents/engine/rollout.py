@@ -173,7 +173,8 @@ class RolloutEngine:
             self.stats["dialogues"] += len(branches) * (continuations - 1)
         if target != "last_turn":
             self.advance(futures, responder, rng, params)
-        q = np.array([s.scores[-1] for s in futures], dtype=float).reshape(len(roots), 2, -1).mean(-1)
+        q = np.array([s.scores[-1] for s in futures], dtype=float).reshape(len(roots), 2, -1).mean(-1) if roots \
+            else np.zeros((0, 2))  # this process has no pair, another has (a multi-process launch)
         return PairData(contexts=[r.messages for r in roots], responses=list(zip(first[0::2], first[1::2])),
                         returns=q, turns=turns[ok], horizons=horizons[ok],
                         finals=list(zip(branches[0::2], branches[1::2])), drawn_turns=turns), dropped
