@@ -92,6 +92,7 @@ class Optimising:
                 self.optimizer.zero_grad(set_to_none=True)
                 return None
             self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)  # the gradients' memory is free until the next backward
             return {"loss": float(loss.detach()), **{k: float(v) for k, v in info.items()}}
         # every process runs the backward (DDP averages the gradients of all of them), then they agree on skipping
         if not backward_done:
@@ -111,5 +112,6 @@ class Optimising:
             self.optimizer.zero_grad(set_to_none=True)
             return None
         self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
         return dict(zip(["loss", *keys], values.tolist()))
 

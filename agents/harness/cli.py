@@ -205,6 +205,9 @@ def dry_run(cfg: ExperimentConfig, command: str, gpu_gib: float = 80.0, notes: l
 def _threads(cfg: ExperimentConfig) -> None:
     import torch
 
+    from .process_memory import return_freed_memory
+
+    return_freed_memory()  # a CPU run's resident memory follows what it holds (see process_memory)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
 
