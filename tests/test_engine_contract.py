@@ -432,3 +432,13 @@ def test_sft_update_runs_the_lm_head_on_the_assistant_turn_tokens_only(tiny_refe
     enc = batch.data["enc"]
     assert math.isfinite(out["loss"])
     assert sum(rows) == int(enc.turn_mask[:, 1:].sum()) < enc.turn_mask[:, 1:].numel()
+
+
+def test_a_response_turn_is_marked_by_ones_exactly_over_its_tokens(tiny_reference):
+    """The turn mask is 0/1: PPO counts a minibatch's tokens by summing it, and the losses weight by it."""
+    chat = ChatEncoder(tokenizer(tiny_reference))
+    context = [{"role": "user", "content": "Is it a mammal?"}]
+    ids, mask = chat.turn_row(context, "Yes.")
+    _, a, b = chat.turn_span(context + [{"role": "assistant", "content": "Yes."}], 1)
+    assert mask.tolist() == [0] * a + [1] * (b - a) + [0] * (len(ids) - b)
+    assert int(chat.encode_turns([context], ["Yes."]).turn_mask.sum()) == b - a
