@@ -193,7 +193,7 @@ def resolve_model(name_or_path: str) -> str:
     return name_or_path
 
 
-_FROZEN: "weakref.WeakValueDictionary[tuple, Any]" = weakref.WeakValueDictionary()
+_FROZEN: weakref.WeakValueDictionary[tuple, Any] = weakref.WeakValueDictionary()
 
 
 def _checkpoint_dtype(path: Path, dtype: Any) -> Any:
