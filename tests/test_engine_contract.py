@@ -442,3 +442,21 @@ def test_a_response_turn_is_marked_by_ones_exactly_over_its_tokens(tiny_referenc
     _, a, b = chat.turn_span(context + [{"role": "assistant", "content": "Yes."}], 1)
     assert mask.tolist() == [0] * a + [1] * (b - a) + [0] * (len(ids) - b)
     assert int(chat.encode_turns([context], ["Yes."]).turn_mask.sum()) == b - a
+
+
+def test_the_offline_speaker_is_seeded_from_the_agents_own_generator(tiny_reference):
+    """Offline roll-ins are reproducible: the behaviour policy gets a seed drawn from the agent's generator (not
+    None, which would seed it from the operating system), so the same agent seed gives the same offline data."""
+    seeds = []
+
+    class Task:
+        def offline_speaker(self, seed=None):
+            seeds.append(seed)
+            return SimpleNamespace(act=lambda conversations: ["Is it a mammal?"] * len(conversations))
+
+    for _ in range(2):
+        agent = make_agent("rebel", policy=tiny_reference, ref_policy=tiny_reference, rollin="offline", seed=5)
+        expected = int(copy.deepcopy(agent.rng).integers(2**31))
+        agent.speaker("offline", Task())
+        assert seeds[-1] == expected
+    assert seeds[0] == seeds[1] and isinstance(seeds[0], int)
