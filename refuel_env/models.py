@@ -196,20 +196,29 @@ def resolve_model(name_or_path: str) -> str:
 _FROZEN: weakref.WeakValueDictionary[tuple, Any] = weakref.WeakValueDictionary()
 
 
+def torch_dtype(dtype: Any):
+    """``"bfloat16"``/``"bf16"``, ``"float16"``, ``"float32"``, ``"auto"`` or a torch dtype (None stays None)."""
+    import torch
+
+    if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    names = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
+    out = getattr(torch, names.get(str(dtype), str(dtype)), None)
+    if not isinstance(out, torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r}; use bfloat16, float16, float32 or auto")
+    return out
+
+
 def _checkpoint_dtype(path: Path, dtype: Any) -> Any:
-    """The torch dtype that loading ``path`` with ``dtype`` gives: ``dtype`` itself (a torch dtype or its name), or
-    for None and ``"auto"`` the dtype the checkpoint's config.json records (float32 if none)."""
+    """The torch dtype that loading ``path`` with ``dtype`` gives: ``dtype`` itself (a torch dtype or its name,
+    :func:`torch_dtype`), or for None and ``"auto"`` the dtype the checkpoint's config.json records (float32 if
+    none)."""
     import json
 
     import torch
 
-    if isinstance(dtype, torch.dtype):
-        return dtype
     if dtype not in (None, "auto"):
-        found = getattr(torch, str(dtype).replace("torch.", ""), None)
-        if not isinstance(found, torch.dtype):
-            raise ValueError(f"unknown dtype {dtype!r}: use a torch dtype or its name (\"float32\", \"bfloat16\", ...)")
-        return found
+        return torch_dtype(dtype)
     try:
         cfg = json.loads((path / "config.json").read_text())
     except (OSError, ValueError):

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from refuel_env.models import frozen_model, torch_dtype
 from refuel_env.types import SamplingParams
 
 from .chat import ChatEncoder, Conversation, EncodedTurns
@@ -99,12 +100,7 @@ class Policy:
             return policy
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         if frozen and lora in (None, False) and Path(path).is_dir():
-            from refuel_env.models import frozen_model
-
-            if device == "auto":
-                device = "cuda" if torch.cuda.is_available() else "cpu"
-            model = frozen_model(path, dtype=None if dtype in (None, "auto") else torch_dtype(dtype), device=device,
-                                 trust_remote_code=trust_remote_code)
+            model = frozen_model(path, dtype=dtype, device=resolve_device(device), trust_remote_code=trust_remote_code)
             return cls(model, tok, name=kwargs.pop("name", str(path)), **kwargs)
         extra = {} if dtype is None else {"dtype": torch_dtype(dtype)}
         model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code, use_safetensors=True,
@@ -123,8 +119,7 @@ class Policy:
 
     def place(self, device: Any = None, dtype: Any = None) -> "Policy":
         """Move the model to ``device`` (``"auto"``: CUDA when available) and/or cast it to ``dtype``."""
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = resolve_device(device)
         dtype = None if dtype == "auto" else torch_dtype(dtype)
         if device is not None or dtype is not None:
             self.model.to(**{k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None})
@@ -267,12 +262,8 @@ class Policy:
                       self.score_batch_size)
 
 
-def torch_dtype(dtype: Any):
-    """``"bfloat16"``/``"bf16"``, ``"float16"``, ``"float32"``, ``"auto"`` or a torch dtype (None stays None)."""
-    if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto":
-        return dtype
-    names = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
-    out = getattr(torch, names.get(str(dtype), str(dtype)), None)
-    if not isinstance(out, torch.dtype):
-        raise ValueError(f"unknown dtype {dtype!r}; use bfloat16, float16, float32 or auto")
-    return out
+def resolve_device(device: Any) -> Any:
+    """``"auto"``: CUDA when available, else the CPU; anything else as given."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
