@@ -40,9 +40,8 @@ test-fast: setup
 
 # mutation testing (issue #13): mutmut ([tool.mutmut] in pyproject.toml) mutates the algorithms, the rollout engine,
 # the turn masks and the env core; each mutant runs the fast tests of its layer that call the mutated function
-# (tests/conftest.py). 2956 mutants; measured on the 2-core machine shared with a benchmark (load average 6):
-# 1477 checked in 24 min, so a clean run takes about an hour there (not yet measured to the end). An interrupted
-# run resumes with `.venv/bin/mutmut run` (finished mutants are kept); the summary, with each survivor and why,
+# (tests/conftest.py). 2967 mutants; a clean run took 14 min on the idle 2-core machine (26 min with another job on
+# the CPU). An interrupted run resumes with `.venv/bin/mutmut run` (finished mutants are kept); the summary, with each survivor and why,
 # lands in benchmarks/results/mutation/summary.txt. `.venv/bin/mutmut browse` explores the results.
 MUTATION_CHILDREN ?= 2
 mutation: setup
