@@ -13,7 +13,7 @@ from agents.harness.build import agent_kwargs
 from agents.harness.config import ExperimentConfig
 from agents.harness.rows import PAPER_ROWS, agent_spec
 from refuel_env import SamplingParams
-from refuel_env.core import DialogueMachine
+from refuel_env.core import DialogueMachine, machine_of
 from refuel_env.tasks.guess_item import FINAL
 
 PAIR_ROWS = {  # label: (agent, rollin, responder, target)
@@ -244,7 +244,7 @@ def collect_with_speakers(label, tiny_reference, monkeypatch, options=None):
     with torch.no_grad():  # pi_t moves away from pi_0 (agent.ref_policy, the frozen copy made at construction)
         for p in agent.policy.model.parameters():
             p.add_(0.02 * torch.randn_like(p))
-    machine = machine_of_env(env)
+    machine = machine_of(env)
     spy = Speakers(machine.max_message_chars)
     spy.policy("pi_t", agent.policy)
     spy.policy("pi_0", agent.ref_policy)
@@ -264,12 +264,6 @@ def collect_with_speakers(label, tiny_reference, monkeypatch, options=None):
         monkeypatch.setattr(RolloutEngine, name, wrapper)
     batch = agent.collect(env)
     return agent, batch, spy, seen
-
-
-def machine_of_env(env):
-    from refuel_env.core import machine_of
-
-    return machine_of(env)
 
 
 def check_pairs(agent, batch, spy, pairs, rollin, responder, target):
