@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from refuel_env.core import DialogueMachine
+from refuel_env.tasks.guess_item import ATTRIBUTE_NAMES, CATALOGUE, GuessItemTask
 from refuel_env.tasks.guess_item_players import ScriptedQuestioner
 
 N_DIALOGUES = 500
@@ -67,3 +68,38 @@ def test_planning_pays_with_answer_noise_and_a_larger_catalogue():
     print(f"\nnoise 0.1 (8 items, H=4): {noisy}; 16 items, H=5: {big}")
     assert noisy["informative"] >= noisy["myopic"] + 0.1
     assert big["informative"] >= 0.8 and abs(big["myopic"] - 5 / 16) < 0.07
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.2])
+def test_posterior_and_candidates_are_bayes_by_hand(noise):
+    """The posterior is P(item | answers) under the noise model, computed here item by item: each answer
+    multiplies by 1 - noise where the item agrees and by noise where it does not; a rejected guess rules its item
+    out; a repeated answer counts twice; the order of the answers does not matter. The candidates are the items
+    that agree with every answer. Asked twice, and after another noise level, the memoised values stay right."""
+    task = GuessItemTask(n_items=8, noise=noise)
+    facts = [["attr", "mammal", True], ["guess", "whale", False], ["attr", "water", True], ["attr", "mammal", True]]
+    column = {a: i for i, a in enumerate(ATTRIBUTE_NAMES)}
+
+    def by_hand(item):
+        if item == "whale":
+            return 0.0
+        p = 1.0
+        for kind, key, value in facts:
+            if kind == "attr":
+                p *= (1 - noise) if bool(CATALOGUE[item][column[key]]) == value else noise
+        return p
+
+    want = np.array([by_hand(item) for item in task.items])
+    want /= want.sum()
+    for order in (facts, facts[::-1], facts):
+        np.testing.assert_allclose(task.posterior(order), want, rtol=1e-12, atol=0)
+        assert task.best_posterior(order) == pytest.approx(want.max(), rel=1e-12)
+    agree = [item for item in task.items if item != "whale"
+             and all(bool(CATALOGUE[item][column[k]]) == v for kind, k, v in facts if kind == "attr")]
+    assert agree == ["otter"] and task.candidates(facts) == agree and task.candidates_text(facts[::-1]) == "otter"
+    if noise == 0.0:  # a mammal in the water that is not a whale or an otter: only otter; without it, the memo is cold
+        assert list(want) == [float(item == "otter") for item in task.items]
+    task.posterior([["attr", "big", False]])
+    task.noise = 0.4  # the memoised answer rows follow the noise level (a new fact set: its posterior is computed)
+    odds = np.array([0.4 if CATALOGUE[item][column["big"]] else 0.6 for item in task.items]) ** 2
+    np.testing.assert_allclose(task.posterior([["attr", "big", False]] * 2), odds / odds.sum(), rtol=1e-12)

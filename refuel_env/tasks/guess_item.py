@@ -131,6 +131,7 @@ class GuessItemTask:
         self._posterior_memo: dict[tuple, np.ndarray] = {}
         self._best_memo: dict[tuple, float] = {}
         self._candidates_memo: dict[tuple, str] = {}
+        self._answer_memo: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         self._openings: dict[int, str] = {}
 
     # ----------------------------------------------------------------- episodes
@@ -231,17 +232,26 @@ class GuessItemTask:
             self._posterior_memo[key] = p
         return p
 
+    def _answer_rows(self, attribute: str, value: bool) -> tuple[np.ndarray, np.ndarray]:
+        """For the answer ``value`` to ``attribute``: which items agree with it, and each item's log-likelihood of
+        it under the noise model (memoised: both depend on the answer alone)."""
+        key = (attribute, value, self.noise)
+        rows = self._answer_memo.get(key)
+        if rows is None:
+            agree = self.table[:, _COLUMN[attribute]] == value
+            loglik = np.where(agree, math.log1p(-self.noise), math.log(self.noise) if self.noise > 0 else -np.inf)
+            agree.flags.writeable = loglik.flags.writeable = False
+            rows = self._answer_memo[key] = (agree, loglik)
+        return rows
+
     def _posterior(self, facts: Sequence) -> np.ndarray:
         logp = np.zeros(self.n_items)
-        col = {a: i for i, a in enumerate(ATTRIBUTE_NAMES)}
         for kind, key, value in facts:
             if kind == "attr":
-                agree = self.table[:, col[key]] == bool(value)
-                with np.errstate(divide="ignore"):
-                    logp += np.where(agree, math.log1p(-self.noise), math.log(self.noise) if self.noise > 0 else -np.inf)
+                logp += self._answer_rows(key, bool(value))[1]
             elif kind == "guess" and not value and key in self.items:
                 logp[self.items.index(key)] = -np.inf
-        if np.all(np.isneginf(logp)):  # contradictory answers (possible only with noise == 0 and a bad prefix)
+        if np.isneginf(logp).all():  # contradictory answers (possible only with noise == 0 and a bad prefix)
             return np.full(self.n_items, 1.0 / self.n_items)
         p = np.exp(logp - logp.max())
         return p / p.sum()
@@ -286,11 +296,10 @@ class GuessItemTask:
 
     def candidates(self, facts: Sequence) -> list[str]:
         """Items consistent with every answer given (all not-yet-excluded items if the answers contradict)."""
-        col = {a: i for i, a in enumerate(ATTRIBUTE_NAMES)}
         ok = np.ones(self.n_items, dtype=bool)
         for kind, key, value in facts:
             if kind == "attr":
-                ok &= self.table[:, col[key]] == bool(value)
+                ok &= self._answer_rows(key, bool(value))[0]
             elif kind == "guess" and not value and key in self.items:
                 ok[self.items.index(key)] = False
         if not ok.any():
