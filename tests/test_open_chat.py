@@ -175,6 +175,7 @@ def test_the_example_config_is_an_open_chat_experiment_without_guess_item_argume
 
     cfg = load_config(EXAMPLE_CONFIG)
     assert cfg.env.task == "open-chat-v0" and cfg.policy.model == "smollm2" and cfg.env.max_turns == 2
+    assert cfg.policy.lora is True and cfg.policy.gradient_checkpointing  # the demo fits in 3 GiB: LoRA (1.9 GiB peak)
     assert "n_items" not in cfg.env.task_kwargs  # the default config's guess-item arguments do not leak in
     task = OpenChatTask(**cfg.env.task_kwargs)
     assert len(task.prompts["eval"]) == len(task.prompts["train"]) == 25  # holdout_every=2

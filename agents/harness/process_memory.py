@@ -3,10 +3,11 @@ follows what it holds rather than what it once held.
 
 glibc's ``malloc`` serves a request of at least ``M_MMAP_THRESHOLD`` bytes with its own ``mmap`` and unmaps it on
 ``free``; but the threshold grows (up to 32 MiB on 64-bit) every time such a block is freed, after which tensors
-of that size come from the heap, whose freed pages stay resident and fragment. On the SmolLM2 demo (full
-fine-tuning) that kept about 0.4 GiB of freed tensors resident at the peak (benchmarks/results/
-smollm2_demo_memory.txt). Fixing the threshold (``mallopt(M_MMAP_THRESHOLD, 1 MiB)``, which also turns the
-growth off) is the documented cure; it is what ``MALLOC_MMAP_THRESHOLD_=1048576`` in the environment does.
+of that size come from the heap, whose freed pages stay resident and fragment. On a shortened SmolLM2 demo that
+kept 1.0 GiB (LoRA) and 0.54 GiB (full fine-tuning) of freed memory resident at the peak, for about 5% less CPU
+time (benchmarks/results/smollm2_demo_memory.txt). Fixing the threshold (``mallopt(M_MMAP_THRESHOLD, 1 MiB)``,
+which also turns the growth off) is the documented cure; it is what ``MALLOC_MMAP_THRESHOLD_=1048576`` in the
+environment does.
 """
 
 from __future__ import annotations
