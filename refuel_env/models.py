@@ -257,21 +257,24 @@ def frozen_model(path: str | Path, dtype: Any = None, device: Any = None, trust_
     return model
 
 
-def load_smollm2(dtype: Any = None, cache: Path | str | None = None, frozen: bool = False) -> tuple[Any, Any]:
+def load_smollm2(dtype: Any = None, cache: Path | str | None = None, frozen: bool = False,
+                 device: Any = None) -> tuple[Any, Any]:
     """SmolLM2-135M-Instruct ``(model, tokenizer)``, offline, in eval mode.
 
     The first call converts the GGUF file (about 30 s on a CPU) and saves a safetensors copy in
     ``cache`` (default ``cache_dir() / "SmolLM2-135M-Instruct"``); later calls load that copy (a
     second or two). Every call returns a new model object, so training one copy (as a policy) never
     changes another (a simulated user or judge); with ``frozen=True``, the process's read-only copy
-    (:func:`frozen_model`). ``dtype`` defaults to float32.
+    (:func:`frozen_model`). ``dtype`` defaults to float32; ``device``: where to put it (None: the CPU).
     """
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     path = convert_smollm2(Path(cache) if cache is not None else None)
     if frozen:
-        return frozen_model(path, dtype=dtype or torch.float32), AutoTokenizer.from_pretrained(str(path))
+        return frozen_model(path, dtype=dtype or torch.float32, device=device), AutoTokenizer.from_pretrained(str(path))
     model = LlamaForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32)
+    if device is not None:
+        model.to(device)
     model.eval()
     return model, AutoTokenizer.from_pretrained(str(path))

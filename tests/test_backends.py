@@ -211,6 +211,25 @@ def test_shared_backends_and_a_frozen_policy_hold_one_read_only_copy_of_the_weig
     assert len(models._FROZEN) < n
 
 
+
+def test_a_shared_smollm2_back_end_on_another_device_is_its_own_frozen_copy(tiny, tmp_path, monkeypatch):
+    """The name "smollm2" loads the frozen copy for the back end's device: moving the CPU copy would move it
+    under every other holder of it (the meta device stands in for a GPU)."""
+    import torch
+
+    from refuel_env import models
+
+    model, tok = tiny
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    monkeypatch.setattr(models, "convert_smollm2", lambda cache=None: tmp_path)
+    on_cpu = models.frozen_model(tmp_path, dtype=torch.float32)
+    backend = TransformersBackend.from_pretrained("smollm2", frozen=True, device="meta")
+    assert backend.model is models.frozen_model(tmp_path, dtype=torch.float32, device="meta")
+    assert backend.model is not on_cpu and {p.device.type for p in backend.model.parameters()} == {"meta"}
+    assert models.frozen_model(tmp_path, dtype=torch.float32) is on_cpu
+    assert {p.device.type for p in on_cpu.parameters()} == {"cpu"}
+
 def test_registry_builds_the_transformers_backend(tiny):
     b = BACKENDS.make("transformers", model=tiny[0], tokenizer=tiny[1], batch_size=4)
     assert isinstance(b, TransformersBackend) and b.batch_size == 4

@@ -168,7 +168,7 @@ class TransformersBackend(BackendBase):
         if name_or_path == "smollm2":
             from ..models import load_smollm2
 
-            model, tok = load_smollm2(dtype=None if dtype == "auto" else dtype, frozen=frozen)
+            model, tok = load_smollm2(dtype=None if dtype == "auto" else dtype, frozen=frozen, device=device)
             return cls(model, tok, device=device, model_id=kwargs.pop("model_id", "SmolLM2-135M-Instruct"), **kwargs)
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
